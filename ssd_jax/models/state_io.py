@@ -1,0 +1,76 @@
+"""Model-only orbax checkpoints: the NNX parameter state plus the HF config and tokenizer files to export it again.
+
+Layout of a checkpoint directory:
+  ssd_jax_model.json   {"format": 1, "architecture": …, "param_dtype": …}
+  hf/                  config.json + tokenizer/generation files (the template for HF export)
+  state/               orbax StandardCheckpointer tree of parameters (restorable onto any mesh)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from ssd_jax.errors import CheckpointError
+from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.models.hf import SIDE_FILES, model_config
+from ssd_jax.models.transformer import CausalLM
+from ssd_jax.sharding import param_sharding
+
+MARKER = "ssd_jax_model.json"
+
+
+def is_state_checkpoint(path: str | os.PathLike) -> bool:
+    return (Path(path) / MARKER).exists()
+
+
+def save_state(model: CausalLM, out_dir: str | os.PathLike) -> Path:
+    out = Path(out_dir).absolute()
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "hf").mkdir(parents=True)
+    cfg = model.cfg
+    (tmp / "hf" / "config.json").write_text(json.dumps(cfg.hf_config, indent=2, sort_keys=True) + "\n")
+    if cfg.source_dir:
+        for name in SIDE_FILES:
+            if (Path(cfg.source_dir) / name).exists():
+                shutil.copy2(Path(cfg.source_dir) / name, tmp / "hf" / name)
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(tmp / "state", params)
+    ckptr.wait_until_finished()
+    atomic_write_text(tmp / MARKER, json.dumps({"format": 1, "architecture": cfg.architecture,
+                                                "param_dtype": cfg.param_dtype}) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def load_state(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, mesh=None,
+               moe_impl: str = "ragged") -> CausalLM:
+    """Restore a model saved by `save_state`, each parameter directly onto its sharding on `mesh`."""
+    d = Path(ckpt_dir).absolute()
+    if not is_state_checkpoint(d):
+        raise CheckpointError(f"{d}: not an ssd-jax model checkpoint ({MARKER} missing)")
+    meta = json.loads((d / MARKER).read_text())
+    cfg = model_config(d / "hf", dtype=dtype or meta["param_dtype"], param_dtype=meta["param_dtype"],
+                       moe_impl=moe_impl)
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    target = nnx.to_pure_dict(params)
+
+    def abstract_leaf(path, leaf):
+        name = ".".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=param_sharding(name, leaf.shape, mesh))
+
+    target = jax.tree_util.tree_map_with_path(abstract_leaf, target)
+    restored = ocp.StandardCheckpointer().restore(d / "state", target)
+    nnx.replace_by_pure_dict(params, restored)
+    return nnx.merge(graphdef, params, rest)

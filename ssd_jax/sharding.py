@@ -1,0 +1,122 @@
+"""Device mesh and partition rules.
+
+Mesh axes: `data` (pure data parallel), `fsdp` (data parallel with parameters sharded along it), `tensor`
+(Megatron-style: heads / MLP columns / vocab), `expert` (MoE experts). The batch is split over data×fsdp.
+Every parameter path must match one rule below, so a new parameter cannot silently stay unsharded. A dimension
+that an axis does not divide is replicated along that axis instead (tiny test models, odd vocabularies).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from ssd_jax.errors import ConfigError
+
+AXES = ("data", "fsdp", "tensor", "expert")
+BATCH_AXES = ("data", "fsdp")
+
+# (regex on the dotted parameter path, PartitionSpec over the parameter's axes), first match wins.
+PARAM_RULES: list[tuple[str, P]] = [
+    (r"^embed$", P("tensor", "fsdp")),  # (vocab, hidden)
+    (r"^lm_head$", P("fsdp", "tensor")),  # (hidden, vocab)
+    (r"\.attn\.[qkv]_proj$", P("fsdp", "tensor", None)),  # (hidden, heads, head_dim)
+    (r"\.attn\.o_proj$", P("tensor", None, "fsdp")),  # (heads, head_dim, hidden)
+    (r"\.attn\.[qkv]_bias$", P("tensor", None)),
+    (r"\.mlp\.(gate|up)_proj$", P("fsdp", "tensor")),  # (hidden, inter)
+    (r"\.mlp\.down_proj$", P("tensor", "fsdp")),  # (inter, hidden)
+    (r"\.mlp\.(gate|up)_bias$", P("tensor")),
+    (r"\.mlp\.router$", P("fsdp", None)),  # (hidden, experts)
+    (r"\.mlp\.experts_(gate|up)$", P("expert", "fsdp", "tensor")),  # (experts, hidden, inter)
+    (r"\.mlp\.experts_down$", P("expert", "tensor", "fsdp")),  # (experts, inter, hidden)
+    (r"(\.scale|\.o_bias|\.down_bias)$", P()),  # norms and output biases: replicated
+]
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Axis sizes; one of them may be -1 to take the remaining devices."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    expert: int = 1
+
+    def shape(self, n_devices: int) -> tuple[int, ...]:
+        sizes = [self.data, self.fsdp, self.tensor, self.expert]
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh {sizes}: each axis must be a positive size, at most one of them -1")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if n_devices % known:
+                raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {n_devices} devices not divisible by {known}")
+            sizes[sizes.index(-1)] = n_devices // known
+        if math.prod(sizes) != n_devices:
+            raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices; {n_devices} present")
+        return tuple(sizes)
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-host job when the launcher set the coordinator (jax.distributed's own env contract)."""
+    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
+        jax.distributed.initialize()
+
+
+def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+    """A mesh with Auto axis types (so with_sharding_constraint works on JAX 0.10–0.12)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = cfg.shape(len(devices))
+    return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
+
+
+def _fit(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
+    """Drop mesh axes that do not divide their dimension (or are size 1)."""
+    out = []
+    for dim, axis in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        names = () if axis is None else (axis if isinstance(axis, tuple) else (axis,))
+        names = tuple(a for a in names if mesh.shape[a] > 1)
+        size = math.prod(mesh.shape[a] for a in names)
+        out.append(None if not names or dim % size else (names[0] if len(names) == 1 else names))
+    return P(*out)
+
+
+def param_spec(path: str, shape: tuple[int, ...], mesh: Mesh) -> P:
+    for pattern, spec in PARAM_RULES:
+        if re.search(pattern, path):
+            return _fit(spec, shape, mesh)
+    raise KeyError(f"no partition rule for parameter {path!r}; add one to ssd_jax.sharding.PARAM_RULES")
+
+
+def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None):
+    """Where a parameter lives: a NamedSharding on the mesh, or the default device without one."""
+    if mesh is None:
+        return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return NamedSharding(mesh, param_spec(path, shape, mesh))
+
+
+def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
+    """Leading (batch) axis over data×fsdp, the rest replicated."""
+    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def path_str(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def shard_model(model, mesh: Mesh):
+    """Move every parameter of an NNX model onto the mesh by the rules (in place; returns the model)."""
+    from flax import nnx
+
+    state = nnx.state(model, nnx.Param)
+    flat = [
+        (path, var.replace(jax.device_put(var.get_value(), param_sharding(path_str(path), var.get_value().shape, mesh))))
+        for path, var in nnx.to_flat_state(state)
+    ]
+    nnx.update(model, nnx.from_flat_state(flat))
+    return model

@@ -1,0 +1,61 @@
+"""Tiny random HF models (≤ 1M params) that exercise every architectural switch we support."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import transformers as tf
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 16, "rope_theta": 500000.0}
+
+COMMON = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, max_position_embeddings=128,
+              rms_norm_eps=1e-6, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+
+CONFIGS = {
+    # GQA 2:1, head_dim 24 ≠ 64/4, llama3 rope scaling, untied head.
+    "llama3": lambda: tf.LlamaConfig(**COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                     rope_parameters=LLAMA3_ROPE, tie_word_embeddings=False),
+    # GQA 4:1, biases everywhere, linear rope scaling, tied head.
+    "llama_bias_tied": lambda: tf.LlamaConfig(**COMMON, num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                                              attention_bias=True, mlp_bias=True, tie_word_embeddings=True,
+                                              rope_parameters={"rope_type": "linear", "factor": 2.0,
+                                                               "rope_theta": 10000.0}),
+    "qwen3_tied": lambda: tf.Qwen3Config(**COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                                         tie_word_embeddings=True),
+    "qwen3_untied": lambda: tf.Qwen3Config(**COMMON, num_attention_heads=6, num_key_value_heads=2, head_dim=16,
+                                           tie_word_embeddings=False),
+    # 8 experts, top-2, renormalised; GQA 2:1; head_dim 24.
+    "qwen3_moe": lambda: tf.Qwen3MoeConfig(**COMMON, num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                                           num_experts=8, num_experts_per_tok=2, moe_intermediate_size=32,
+                                           norm_topk_prob=True, tie_word_embeddings=False),
+    # 3 layers, the middle one dense (mlp_only_layers), top-3 without renormalisation, tied.
+    "qwen3_moe_mixed": lambda: tf.Qwen3MoeConfig(**{**COMMON, "num_hidden_layers": 3}, num_attention_heads=4,
+                                                 num_key_value_heads=1, head_dim=16, num_experts=8,
+                                                 num_experts_per_tok=3, moe_intermediate_size=32,
+                                                 norm_topk_prob=False, mlp_only_layers=[1], tie_word_embeddings=True),
+}
+
+MODEL_CLASSES = {tf.LlamaConfig: tf.LlamaForCausalLM, tf.Qwen3Config: tf.Qwen3ForCausalLM,
+                 tf.Qwen3MoeConfig: tf.Qwen3MoeForCausalLM}
+
+
+def build_tiny(name: str, seed: int = 0, config=None):
+    """A random HF model with weights large enough (std 0.1, norms around 1) that logits are far from uniform."""
+    config = config or CONFIGS[name]()
+    torch.manual_seed(seed)
+    model = MODEL_CLASSES[type(config)](config).eval()
+    with torch.no_grad():
+        for pname, p in model.named_parameters():
+            if pname.endswith("norm.weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0.0, 0.1)
+    return model
+
+
+def save_tiny(name: str, out: Path, seed: int = 0, config=None) -> Path:
+    model = build_tiny(name, seed, config)
+    model.save_pretrained(str(out))
+    return out
