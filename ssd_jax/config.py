@@ -1,0 +1,213 @@
+"""Dataclass configs for every stage, loaded from YAML with strict validation.
+
+An unknown key, a wrong type or a bad value names the file and the dotted key and says what was expected.
+Command-line overrides use the same dotted keys: `--set optim.peak_lr=1e-5` (values parsed as YAML scalars).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from ssd_jax.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclass
+class ModelSpec:
+    """Which checkpoint, and how to run it."""
+
+    path: str = ""  # HF directory (or "bundled:smollm2-135m")
+    dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
+    param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
+    remat: bool = False
+    moe_impl: Literal["ragged", "dense"] = "ragged"
+
+
+@dataclass
+class MeshSpec:
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+    expert: int = 1
+
+
+@dataclass
+class SFTDataConfig:
+    """SFT examples → packed rows. Defaults: FACTS §3 (prompt masked, packing on)."""
+
+    train_file: str = ""  # JSONL of {"messages": [...]} (+ optional problem_id)
+    template: Literal["chat", "raw"] = "chat"  # chat: tokenizer's chat template; raw: prompt text + response + EOS
+    mask_prompt: bool = True  # loss only on the assistant turn
+    seq_len: int = 2048
+    packing: bool = True
+    packing_bins: int = 64  # best-fit bins held open at once: more bins, less padding
+    too_long: Literal["truncate", "drop"] = "truncate"  # examples longer than seq_len (counted either way)
+    shuffle: bool = True
+    seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """AdamW + linear warm-up + cosine to a floor (paper §3.1: 5e-6 → 1e-6, 250 warm-up, 2,500 iterations)."""
+
+    peak_lr: float = 5e-6
+    floor_lr: float = 1e-6
+    warmup_steps: int = 250
+    total_steps: int = 2500
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    weight_decay: float = 0.1
+    decay_norms_and_biases: bool = False  # PyTorch's default AdamW decays everything; Megatron skips these
+    clip_norm: float = 1.0  # 0 disables
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: SFTDataConfig = field(default_factory=SFTDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    out_dir: str = "runs/train"
+    global_batch: int = 32  # rows (packed sequences) per optimizer step
+    micro_batch: int = 0  # rows per forward/backward; 0 = global_batch (no accumulation)
+    seed: int = 0
+    log_every: int = 1
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    async_checkpointing: bool = True
+    export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    chunk_tokens: int = 2048  # tokens per chunk of the LM-head + cross-entropy (never builds B×T×V logits)
+    peak_tflops: float = 0.0  # per device, for the MFU estimate; 0 = look up the device kind
+    tensorboard: bool = True
+    progress: bool = True
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _coerce(value: Any, tp, where: str):
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return from_dict(tp, value, where)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise ConfigError(f"{where}: {value!r} is not one of {_type_name(tp)}")
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {type(value).__name__}")
+        (arg, *_) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, arg, f"{where}[{i}]") if arg is not Any else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def apply_overrides(data: dict, overrides: list[str], where: str = "--set") -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (values parsed as YAML scalars)."""
+    out = dict(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{where} {item!r}: expected key=value with a dotted key, e.g. optim.peak_lr=1e-5")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where} {item!r}: value is not valid YAML ({e.problem})") from None
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            child = node.get(p)
+            node[p] = dict(child) if isinstance(child, dict) else {}
+            node = node[p]
+        node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: config file does not exist")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}{line}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: expected a mapping at the top level")
+    return data
+
+
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] = (),
+                section: str | None = None) -> T:
+    """Load `cls` from a YAML file (optionally one top-level `section` of it) plus dotted overrides."""
+    data = load_yaml(path) if path else {}
+    where = str(path) if path else "config"
+    if section is not None:
+        data = data.get(section, {}) or {}
+        where = f"{where}:{section}"
+    data = apply_overrides(data, list(overrides))
+    return from_dict(cls, data, where)
+
+
+def dump_yaml(cfg, path: str | os.PathLike) -> None:
+    from ssd_jax.io_utils import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,217 @@
+"""`ssd-jax train`: the SFT run, from an HF checkpoint and SFT JSONL to an exported HF directory.
+
+Run folder (`out_dir`): config.yaml (resolved), data_stats.json, metrics.jsonl (+ tb/ for TensorBoard),
+checkpoints/ (orbax, every `checkpoint_every` steps, last `keep_checkpoints` kept), export/ (HF, at the end),
+train_summary.json. Rerunning the same command after a kill resumes from the last checkpoint with the same data
+order; rerunning a finished run only re-exports if export/ is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import zlib
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssd_jax import bundled
+from ssd_jax.config import TrainConfig, dump_yaml
+from ssd_jax.data import sft
+from ssd_jax.errors import ConfigError
+from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.models import hf
+from ssd_jax.sharding import BATCH_AXES, MeshConfig, make_mesh, maybe_initialize_distributed, replicate_unplaced
+from ssd_jax.train import optim
+from ssd_jax.train.checkpoint import TrainCheckpointer
+from ssd_jax.train.step import make_train_step
+
+# Dense bf16 peak per device (FLOP/s) for the MFU estimate.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "TPU v5p": 459e12,
+              "TPU v5 lite": 197e12, "TPU v4": 275e12, "TPU v6": 918e12}
+
+
+def validate(cfg: TrainConfig, n_devices: int) -> int:
+    """Check the combinations a YAML schema cannot; return the accumulation count."""
+    micro = cfg.micro_batch or cfg.global_batch
+    if cfg.global_batch < 1 or micro < 1 or cfg.global_batch % micro:
+        raise ConfigError(f"global_batch={cfg.global_batch} must be a positive multiple of micro_batch={micro}")
+    if cfg.data.seq_len < 2:
+        raise ConfigError(f"data.seq_len={cfg.data.seq_len}: expected at least 2")
+    o = cfg.optim
+    if o.total_steps < 1 or not 0 <= o.warmup_steps <= o.total_steps:
+        raise ConfigError(f"optim: need 0 <= warmup_steps ({o.warmup_steps}) <= total_steps ({o.total_steps}), total >= 1")
+    if not cfg.model.path:
+        raise ConfigError("model.path: required (an HF directory or bundled:smollm2-135m)")
+    if not cfg.data.train_file:
+        raise ConfigError("data.train_file: required (SFT JSONL of {\"messages\": [...]})")
+    shape = MeshConfig(**vars(cfg.mesh)).shape(n_devices)
+    batch_ways = shape[0] * shape[1]
+    if micro % batch_ways:
+        raise ConfigError(f"micro_batch={micro} must be divisible by mesh data×fsdp = {batch_ways}")
+    return cfg.global_batch // micro
+
+
+def flops_per_token(mcfg, seq_len: int) -> float:
+    """6·N_active (matmul params incl. LM head) + 12·L·(heads·head_dim)·seq for attention, per trained token."""
+    d, L = mcfg.hidden_size, mcfg.num_layers
+    attn = d * mcfg.head_dim * (2 * mcfg.num_heads + 2 * mcfg.num_kv_heads)
+    if mcfg.moe:
+        n_sparse = sum(mcfg.moe.sparse_layers)
+        mlp = (L - n_sparse) * 3 * d * mcfg.intermediate_size + n_sparse * (
+            mcfg.moe.top_k * 3 * d * mcfg.moe.intermediate_size + d * mcfg.moe.num_experts)
+    else:
+        mlp = L * 3 * d * mcfg.intermediate_size
+    n_active = L * attn + mlp + d * mcfg.vocab_size
+    return 6.0 * n_active + 12.0 * L * mcfg.num_heads * mcfg.head_dim * seq_len
+
+
+def peak_flops(cfg: TrainConfig) -> float | None:
+    if cfg.peak_tflops > 0:
+        return cfg.peak_tflops * 1e12
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
+
+
+class MetricsLog:
+    """metrics.jsonl (append, flushed per line; truncated to the resumed step) + optional TensorBoard."""
+
+    def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
+        self.path = out_dir / "metrics.jsonl"
+        self.enabled = jax.process_index() == 0
+        if not self.enabled:
+            return
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    if json.loads(line)["step"] <= resume_step:
+                        kept.append(line)
+                except (ValueError, KeyError):
+                    break  # a line torn by a kill: drop it and everything after
+        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
+        self.f = open(self.path, "a", encoding="utf-8")
+        self.tb = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self.tb = SummaryWriter(str(out_dir / "tb"), purge_step=resume_step + 1)
+            except ImportError:
+                self.tb = None
+
+    def write(self, rec: dict) -> None:
+        if not self.enabled:
+            return
+        self.f.write(json.dumps(rec) + "\n")
+        self.f.flush()
+        if self.tb is not None:
+            for k, v in rec.items():
+                if k != "step" and isinstance(v, (int, float)) and v is not None:
+                    self.tb.add_scalar(f"train/{k}", v, rec["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self.f.close()
+            if self.tb is not None:
+                self.tb.close()
+
+
+def train(cfg: TrainConfig) -> dict:
+    maybe_initialize_distributed()
+    accum = validate(cfg, jax.device_count())
+    micro = cfg.global_batch // accum
+    model_dir = bundled.resolve_model(cfg.model.path)
+    hf.read_hf_config(model_dir)  # fail on a bad model before any work
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out / "config.yaml")
+
+    # Data: tokenise once (counts what was cut), then a deterministic grain stream of packed batches.
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    records = sft.read_sft_jsonl(cfg.data.train_file)
+    examples, stats = sft.tokenize_dataset(records, tokenizer, cfg.data)
+    atomic_write_text(out / "data_stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+
+    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
+    model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
+                    moe_impl=cfg.model.moe_impl)
+    if cfg.model.remat:
+        from dataclasses import replace
+
+        model.cfg = replace(model.cfg, remat=True)
+    optimizer = replicate_unplaced(nnx.Optimizer(model, optim.make_optimizer(cfg.optim), wrt=nnx.Param), mesh)
+
+    ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
+                             async_save=cfg.async_checkpointing)
+    data_it = iter(sft.batches_dataset(examples, cfg.data, cfg.global_batch))
+    start = ckpt.latest_step() or 0
+    if start:
+        data_state, meta = ckpt.restore(start, model, optimizer)
+        data_it.set_state(data_state)
+        print(f"resumed from step {start} ({ckpt.dir})")
+
+    in_sharding = NamedSharding(mesh, P(None, BATCH_AXES, None))
+    step_fn = make_train_step(cfg.chunk_tokens, NamedSharding(mesh, P(BATCH_AXES, None)))
+    log = MetricsLog(out, start, cfg.tensorboard)
+    fpt = flops_per_token(model.cfg, cfg.data.seq_len)
+    peak = peak_flops(cfg)
+    progress = None
+    if cfg.progress and jax.process_index() == 0:
+        from tqdm import tqdm
+
+        progress = tqdm(total=cfg.optim.total_steps, initial=start, desc="train", unit="step")
+
+    last = None
+    try:
+        for step in range(start, cfg.optim.total_steps):
+            t0 = time.perf_counter()
+            rows = next(data_it)
+            digest = zlib.crc32(np.ascontiguousarray(rows["inputs"]).tobytes())
+            batch = {k: jax.device_put(v.reshape(accum, micro, -1), in_sharding) for k, v in rows.items()}
+            m = jax.device_get(step_fn(model, optimizer, batch))
+            dt = time.perf_counter() - t0
+            tokens = int((rows["segment_ids"] > 0).sum())
+            last = {
+                "step": step + 1,
+                "loss": float(m["loss"]),
+                "lr": optim.lr_at(cfg.optim, step),
+                "grad_norm": float(m["grad_norm"]),
+                "loss_tokens": int(m["loss_tokens"]),
+                "tokens": tokens,
+                "packing_efficiency": tokens / rows["segment_ids"].size,
+                "step_time_s": dt,
+                "tokens_per_s": tokens / dt,
+                "mfu": (fpt * tokens / dt / (peak * jax.device_count())) if peak else None,
+                "batch_crc32": digest,
+            }
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"step {step + 1}: loss is {last['loss']}")
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.total_steps:
+                log.write(last)
+            ckpt.save(step + 1, model, optimizer, data_it.get_state(), {"seed": cfg.seed, "step": step + 1},
+                      force=step + 1 == cfg.optim.total_steps)
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+    finally:
+        if progress is not None:
+            progress.close()
+        log.close()
+        ckpt.close()
+
+    export = out / "export"
+    if not (export / "config.json").exists():
+        hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir)
+    summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
+               "data": stats.to_dict(), "accumulation": accum, "devices": jax.device_count(),
+               "mesh": dict(mesh.shape)}
+    if jax.process_index() == 0:
+        atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
