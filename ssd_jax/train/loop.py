@@ -121,6 +121,12 @@ class MetricsLog:
                 self.tb.close()
 
 
+def _global_array(host: np.ndarray, sharding) -> jax.Array:
+    """Every process builds the same global batch (deterministic stream) and contributes its addressable shards:
+    correct on one host and on many, without a cross-host gather of data."""
+    return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
+
+
 def train(cfg: TrainConfig) -> dict:
     maybe_initialize_distributed()
     accum = validate(cfg, jax.device_count())
@@ -174,7 +180,7 @@ def train(cfg: TrainConfig) -> dict:
             t0 = time.perf_counter()
             rows = next(data_it)
             digest = zlib.crc32(np.ascontiguousarray(rows["inputs"]).tobytes())
-            batch = {k: jax.device_put(v.reshape(accum, micro, -1), in_sharding) for k, v in rows.items()}
+            batch = {k: _global_array(v.reshape(accum, micro, -1), in_sharding) for k, v in rows.items()}
             m = jax.device_get(step_fn(model, optimizer, batch))
             dt = time.perf_counter() - t0
             tokens = int((rows["segment_ids"] > 0).sum())
