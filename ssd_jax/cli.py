@@ -88,6 +88,31 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sample(args) -> int:
+    from ssd_jax.config import SampleConfig, load_config
+    from ssd_jax.sampling.stage import run_sample
+
+    cfg = load_config(SampleConfig, args.config, args.set or [])
+    m = run_sample(cfg)
+    print(f"{m['samples']} samples in {m['out']} ({m['generated_this_run']} generated now); "
+          f"finish reasons {m['finish_reasons']}")
+    return 0
+
+
+def cmd_filter(args) -> int:
+    from ssd_jax.config import FilterConfig, apply_overrides, from_dict, load_yaml
+    from ssd_jax.data.filters import run_filter, with_preset
+
+    data = load_yaml(args.config) if args.config else {}
+    if args.preset:
+        data["preset"] = args.preset
+    data = apply_overrides(data, args.set or [])
+    cfg = with_preset(from_dict(FilterConfig, data, str(args.config or "filter")), set(data) - {"preset"})
+    stats = run_filter(args.samples, args.out, cfg)
+    print(f"kept {stats['kept']}/{stats['total']}; dropped {stats['by_reason']} → {args.out}")
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
@@ -118,6 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="parameter dtype of the output")
     c.add_argument("--mesh", help="shard while converting, e.g. fsdp=8")
     c.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("sample", help="sample N completions per problem into a resumable JSONL")
+    s.add_argument("--config", help="YAML SampleConfig (see configs/)")
+    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    s.set_defaults(fn=cmd_sample)
+
+    f = sub.add_parser("filter", help="drop degenerate samples; write SFT JSONL, verdicts and filter_stats.json")
+    f.add_argument("--samples", required=True, help="samples.jsonl from `ssd-jax sample`")
+    f.add_argument("--out", required=True, help="filtered SFT JSONL (verdicts.jsonl, filter_stats.json beside it)")
+    f.add_argument("--preset", choices=["paper", "released", "trl"], help="paper (default rules), released, trl")
+    f.add_argument("--config", help="YAML FilterConfig")
+    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a rule, e.g. syntax=true")
+    f.set_defaults(fn=cmd_filter)
 
     t = sub.add_parser("train", help="SFT on a JSONL of chat examples (resumes a killed run)")
     t.add_argument("--config", help="YAML TrainConfig (see configs/)")

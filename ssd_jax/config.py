@@ -92,6 +92,74 @@ class TrainConfig:
     progress: bool = True
 
 
+@dataclass
+class ProblemSource:
+    """Where problems come from (see data/problems.py)."""
+
+    kind: Literal["rstar", "lcb", "humaneval", "jsonl"] = "jsonl"
+    path: str = ""  # file or folder; empty for humaneval (the installed package)
+    passed_only: bool = True  # rstar: keep rows with is_passed == True
+    dedup: Literal["question_id", "statement", "both", "none"] = "question_id"  # rstar
+    release: str | None = None  # lcb: release_v1 … release_v6 (which test*.jsonl files)
+    window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows)
+    start_date: str | None = None  # lcb, inclusive ISO dates
+    end_date: str | None = None
+    limit: int = 0  # keep the first N problems (0 = all)
+    decontaminate_against: str | None = None  # LCB folder/JSONL whose statements are removed from the pool
+
+
+@dataclass
+class PromptSpec:
+    mode: Literal["chat", "raw"] = "chat"
+    template: Literal["train", "eval"] = "train"
+    system: str | None = "default"  # "default" = prompts.DEFAULT_SYSTEM; null = no system message
+
+
+@dataclass
+class DecodeSpec:
+    """A named preset (presets.py) or explicit values; explicit values override the preset's."""
+
+    preset: str | None = None
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    max_tokens: int = 2048
+    seed: int = 0
+    n: int = 1  # samples per problem (SSD: 1; evaluation: 10)
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SampleConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)
+    problems: ProblemSource = field(default_factory=ProblemSource)
+    prompt: PromptSpec = field(default_factory=PromptSpec)
+    decode: DecodeSpec = field(default_factory=DecodeSpec)
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    backend: Literal["jax", "vllm"] = "jax"
+    batch_size: int = 8
+    max_prompt_len: int = 2048
+    out: str = "runs/sample/samples.jsonl"
+    round: int = 1
+    progress: bool = True
+
+
+@dataclass
+class FilterConfig:
+    """Which degenerate samples to drop (FACTS §1.2). Presets: paper, released, trl (see data/filters.py)."""
+
+    preset: str | None = None
+    drop_empty: bool = True
+    drop_single_line_stub: bool = True  # paper: a one-line response is a stub
+    shortest_fraction: float = 0.0  # ml-ssd: drop the shortest 10% of responses by characters
+    trl_min_chars: int = 0  # TRL SSDTrainer: drop responses without a newline and shorter than this (10)
+    syntax: bool = False  # tree-sitter parse of the extracted code block must succeed
+    syntax_parser: Literal["tree-sitter", "compile", "ast"] = "tree-sitter"
+    require_code_block: bool = False
+    drop_duplicates: bool = False  # exact duplicate responses (keep the first)
+    strip: bool = True  # ml-ssd strips the response before training
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 

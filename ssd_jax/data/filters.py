@@ -1,0 +1,132 @@
+"""Step two of SSD: drop degenerate samples. Each rule is a switch and every drop is counted with its reason.
+
+The sources disagree (FACTS §1.2), so each reading is a preset:
+- `paper`: drop empty responses and single-line stubs (a response whose stripped text has no newline).
+- `released` (ml-ssd `generate.py`): drop empty responses, then those shorter than the 10th-percentile length in
+  characters (the cut-off is computed over the non-empty responses; ties at the cut-off are kept).
+- `trl` (TRL's SSDTrainer): drop empty responses and those with no newline and fewer than 10 characters.
+Options on top: a syntax check of the extracted code (tree-sitter by default; the verdict names the parser, since
+tree-sitter, `compile()` and `ast.parse` disagree, see ssd_jax/code.py), requiring a fenced code block, and exact
+de-duplication. Looping samples that hit the length cap are kept, as the authors did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from ssd_jax.code import extract_code, syntax_ok
+from ssd_jax.config import FilterConfig
+from ssd_jax.data.problems import read_jsonl
+from ssd_jax.errors import ConfigError, UserError
+from ssd_jax.io_utils import atomic_write_text
+
+PRESETS: dict[str, dict] = {
+    "paper": dict(drop_empty=True, drop_single_line_stub=True, shortest_fraction=0.0, trl_min_chars=0),
+    "released": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.10, trl_min_chars=0),
+    "trl": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.0, trl_min_chars=10),
+}
+REASONS = ("empty", "single_line_stub", "trl_short", "no_code_block", "syntax_error", "duplicate", "shortest_fraction")
+
+
+def with_preset(cfg: FilterConfig, explicit: set[str] = frozenset()) -> FilterConfig:
+    """Fill the preset's values, except the fields the user set explicitly."""
+    if not cfg.preset:
+        return cfg
+    if cfg.preset not in PRESETS:
+        raise ConfigError(f"filter preset {cfg.preset!r} is unknown; expected one of {', '.join(PRESETS)}")
+    return replace(cfg, **{k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit})
+
+
+def _text(sample: dict, strip: bool) -> str:
+    r = sample.get("response") or ""
+    return r.strip() if strip else r
+
+
+def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:
+    """(verdicts: each sample plus `kept` and `reason`, stats). Rules run in REASONS order; the first hit names
+    the reason."""
+    if not 0.0 <= cfg.shortest_fraction < 1.0:
+        raise ConfigError(f"shortest_fraction={cfg.shortest_fraction}: expected 0 <= x < 1")
+    min_len = 0
+    if cfg.shortest_fraction > 0:
+        lengths = sorted(len(t) for t in (_text(s, True) for s in samples) if t)
+        if lengths:
+            min_len = lengths[min(int(len(lengths) * cfg.shortest_fraction), len(lengths) - 1)]
+    seen: set[str] = set()
+    counts = dict.fromkeys(REASONS, 0)
+    out = []
+    for s in samples:
+        text = _text(s, cfg.strip)
+        reason = None
+        if cfg.drop_empty and not text.strip():
+            reason = "empty"
+        elif cfg.drop_single_line_stub and "\n" not in text.strip():
+            reason = "single_line_stub"
+        elif cfg.trl_min_chars and "\n" not in text and len(text) < cfg.trl_min_chars:
+            reason = "trl_short"
+        else:
+            code = extract_code(text) if (cfg.syntax or cfg.require_code_block) else ""
+            if cfg.require_code_block and not code:
+                reason = "no_code_block"
+            elif cfg.syntax and not syntax_ok(code or text, cfg.syntax_parser).ok:
+                reason = "syntax_error"
+            elif cfg.drop_duplicates and text in seen:
+                reason = "duplicate"
+            elif min_len and len(text.strip()) < min_len:
+                reason = "shortest_fraction"
+        if cfg.drop_duplicates and reason is None:
+            seen.add(text)
+        if reason:
+            counts[reason] += 1
+        out.append({**s, "kept": reason is None, "reason": reason})
+    kept = sum(v["kept"] for v in out)
+    stats = {"total": len(samples), "kept": kept, "dropped": sum(counts.values()), "by_reason": counts,
+             "shortest_fraction_min_chars": min_len, "rules": asdict(cfg),
+             "syntax_parser": cfg.syntax_parser if cfg.syntax else None}
+    return out, stats
+
+
+def sft_records(verdicts: list[dict], strip: bool = True) -> list[dict]:
+    """Kept samples as SFT examples: the prompt messages plus the (stripped) response as the assistant turn."""
+    recs = []
+    for v in verdicts:
+        if not v["kept"]:
+            continue
+        msgs = v.get("messages") or [{"role": "user", "content": v.get("prompt", "")}]
+        recs.append({"messages": list(msgs) + [{"role": "assistant", "content": _text(v, strip)}],
+                     "problem_id": v["problem_id"]})
+    return recs
+
+
+def read_samples(path: str | os.PathLike) -> list[dict]:
+    """Sample records, validated (a bad line names its number)."""
+    out = []
+    for i, rec in read_jsonl(path):
+        if not isinstance(rec, dict):
+            raise UserError(f"{path}:{i}: expected a JSON object (a sample record)")
+        for key in ("problem_id", "sample_idx", "response"):
+            if key not in rec:
+                raise UserError(f"{path}:{i}: missing field {key!r} (expected a sample record)")
+        out.append(rec)
+    return out
+
+
+def _jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+
+
+def run_filter(samples_path: str | os.PathLike, out_path: str | os.PathLike, cfg: FilterConfig) -> dict:
+    """samples.jsonl → filtered.jsonl (SFT examples) + verdicts.jsonl + filter_stats.json, each written atomically."""
+    samples = read_samples(samples_path)
+    if not samples:
+        raise UserError(f"{samples_path}: no samples to filter")
+    verdicts, stats = filter_samples(samples, cfg)
+    out = Path(out_path)
+    atomic_write_text(out.parent / "verdicts.jsonl", _jsonl(verdicts))
+    atomic_write_text(out, _jsonl(sft_records(verdicts, cfg.strip)))
+    stats["samples"] = str(samples_path)
+    atomic_write_text(out.parent / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
+    return stats

@@ -1,0 +1,91 @@
+"""Prompt text for a problem, in the two modes the sources disagree on (FACTS §4):
+
+- `chat` (the paper): the model's official chat template, a system message asking for a Python solution in a
+  markdown block, the problem as the user turn. The paper does not print its system message; ours is
+  `DEFAULT_SYSTEM` (set `system: null` for none, or your own text).
+- `raw` (the released ml-ssd generator): the LiveCodeBench-style text sent to vLLM as a plain string, no template.
+
+The problem text itself is LiveCodeBench's prompt format, in two variants that differ in small ways the released
+code keeps: `train` = ml-ssd's generation templates (`data_generation/templates/*.j2`), `eval` = ml-ssd's
+evaluation prompts (`evaluation/benchmark.py`, including its stray quote and unclosed starter-code fence).
+How prompts are tokenised mirrors vLLM: a raw string gets the tokenizer's special tokens (BOS where it has one),
+a chat-templated string does not (the template already wrote them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ssd_jax.data.problems import Problem
+
+_HEAD = (
+    "You will be given a question (problem specification) and will generate a correct Python program that matches "
+    "the specification and passes all tests. You will NOT return anything except for the program.\n\n"
+    "Question: {question}\n\n"
+)
+TRAIN_STDIN = _HEAD + (
+    "Read the inputs from stdin solve the problem and write the answer to stdout (do not directly test on the sample "
+    "inputs). Enclose your code within delimiters as follows. Ensure that when the python program runs, it reads the "
+    "inputs, runs the algorithm and writes output to STDOUT.\n\nThe final solution should be formatted as:\n"
+    "```python\n# YOUR CODE HERE\n```"
+)
+TRAIN_FUNCTION = _HEAD + (
+    "You will use the following starter code to write the solution to the problem and enclose your code within "
+    "delimiters.\n```python\n{starter_code}\n```"
+)
+EVAL_STDIN = _HEAD + (
+    "Read the inputs from stdin solve the problem and write the answer to stdout (do not directly test on the sample "
+    "inputs). Enclose your code within delimiters as follows. Ensure that when the python program runs, it reads the "
+    "inputs, runs the algorithm and writes output to STDOUT.\n```python\n  # YOUR CODE HERE\n```"
+)
+EVAL_FUNCTION = _HEAD + (
+    "You will use the following starter code to write the solution to the problem and enclose your code within "
+    "delimiters.\"\n```python\n{starter_code}\n"
+)
+HUMANEVAL = (
+    "Complete the following Python function. Return the complete function (signature included) in one "
+    "```python markdown block.\n\n```python\n{prompt}```"
+)
+DEFAULT_SYSTEM = (
+    "You are an expert Python programmer. Solve the user's problem with a correct, efficient Python program and "
+    "give the complete program in a single ```python markdown code block."
+)
+
+
+@dataclass
+class PromptConfig:
+    mode: str = "chat"  # chat | raw
+    template: str = "train"  # train | eval (the two LiveCodeBench-style variants of ml-ssd)
+    system: str | None = DEFAULT_SYSTEM  # chat mode only; null = no system message
+
+
+def problem_text(problem: Problem, template: str = "train") -> str:
+    if problem.source == "humaneval":
+        return HUMANEVAL.format(prompt=problem.question)
+    if problem.kind == "function":
+        t = TRAIN_FUNCTION if template == "train" else EVAL_FUNCTION
+        return t.replace("{question}", problem.question).replace("{starter_code}", problem.starter_code)
+    t = TRAIN_STDIN if template == "train" else EVAL_STDIN
+    return t.replace("{question}", problem.question)
+
+
+def messages(problem: Problem, cfg: PromptConfig) -> list[dict]:
+    """The conversation up to the assistant turn (what SFT records store before the response)."""
+    user = {"role": "user", "content": problem_text(problem, cfg.template)}
+    if cfg.mode == "chat" and cfg.system:
+        return [{"role": "system", "content": cfg.system}, user]
+    return [user]
+
+
+def render(problem: Problem, cfg: PromptConfig, tokenizer) -> tuple[str, list[int]]:
+    """(prompt string, prompt token ids) exactly as the sampler feeds them to the model."""
+    msgs = messages(problem, cfg)
+    if cfg.mode == "raw":
+        text = msgs[-1]["content"]
+        return text, list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not getattr(tokenizer, "chat_template", None):
+        from ssd_jax.errors import UserError
+
+        raise UserError("prompt mode 'chat' needs a tokenizer with a chat template; use mode 'raw' for this model")
+    text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -1,0 +1,217 @@
+"""Batched generation on the JAX model with a preallocated KV cache.
+
+Shapes are fixed per sampler (batch rows, prompt bucket, cache length), so the prefill and the decode loop compile
+once and are reused for every batch. Prompts are left-padded into a bucket; each row carries its own truncation
+setting and its own PRNG stream (`fold_in(seed, request index)`, then the step), so a request's tokens do not
+depend on which other requests share its batch. The decode loop runs `chunk` tokens per jitted call inside a
+`lax.while_loop` that stops early once every row has hit EOS; stop strings are checked on the host between chunks.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ssd_jax.sampling.truncation import truncated_logprobs
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Decode settings for one request (vLLM's names and meanings)."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1.0 = off
+    max_tokens: int = 256
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    logprobs: bool = False  # return the sampled tokens' log-probs under the truncated distribution
+
+
+@dataclass
+class Completion:
+    token_ids: list[int]
+    text: str
+    finish_reason: str  # stop (EOS or stop string) | length | prompt_too_long
+    logprobs: list[float] | None = None
+    prompt_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+@functools.partial(nnx.jit, static_argnames=("cache_len",))
+def _prefill(model, tokens, segment_ids, cache_len):
+    b, p = tokens.shape
+    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
+    cache = model.init_cache(b, cache_len)
+    out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache)
+    next_pos = jnp.sum(segment_ids, axis=1).astype(jnp.int32)
+    return out.logits[:, -1], out.cache, next_pos
+
+
+@functools.partial(nnx.jit, static_argnames=("chunk",))
+def _decode_chunk(model, state, params, eos_ids, chunk):
+    """Run up to `chunk` steps. state = (logits, cache, pos, step, done, out_tokens, out_logprobs, n_generated)."""
+    temperature, top_k, top_p, keys, max_tokens = params
+
+    def cond(carry):
+        i, st = carry
+        return (i < chunk) & ~jnp.all(st[4])
+
+    def body(carry):
+        i, (logits, cache, pos, step, done, toks, lps, n) = carry
+        lp = truncated_logprobs(logits, temperature, top_k, top_p)
+        step_keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape[:1]))
+        tok = jax.vmap(jax.random.categorical)(step_keys, lp).astype(jnp.int32)
+        tok_lp = jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+        active = ~done
+        toks = toks.at[:, step].set(jnp.where(active, tok, 0))
+        lps = lps.at[:, step].set(jnp.where(active, tok_lp, 0.0))
+        n = n + active.astype(jnp.int32)
+        hit_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
+        done = done | (active & hit_eos) | (n >= max_tokens)
+        out = model(tok[:, None], positions=pos[:, None], segment_ids=jnp.ones_like(tok)[:, None], cache=cache)
+        return i + 1, (out.logits[:, -1], out.cache, pos + 1, step + 1, done, toks, lps, n)
+
+    _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
+    return state
+
+
+class JaxSampler:
+    """Generate completions for token-id prompts (or strings, with a tokenizer) from an NNX CausalLM."""
+
+    def __init__(self, model, tokenizer=None, *, batch_size: int = 8, max_prompt_len: int = 512,
+                 max_new_tokens: int = 256, chunk: int = 32, prompt_bucket: int = 64, mesh=None,
+                 eos_token_ids: Sequence[int] | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.batch_size, self.chunk = batch_size, chunk
+        self.max_prompt_len = -(-max_prompt_len // prompt_bucket) * prompt_bucket
+        self.max_new_tokens = max_new_tokens
+        self.bucket = prompt_bucket
+        self.mesh = mesh
+        if eos_token_ids is None:
+            eos_token_ids = _eos_ids(model, tokenizer)
+        self.eos = jnp.asarray(sorted(set(eos_token_ids)) or [-1], jnp.int32)
+
+    def _place(self, x):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        from jax.sharding import NamedSharding, PartitionSpec as P
+
+        from ssd_jax.sharding import BATCH_AXES
+
+        spec = P(BATCH_AXES, *([None] * (np.ndim(x) - 1)))
+        return jax.device_put(x, NamedSharding(self.mesh, spec))
+
+    def generate(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
+                 request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:
+        """One completion per prompt. `request_ids` (default 0..n-1) seed each request's PRNG stream."""
+        n = len(prompts)
+        params = [params] * n if isinstance(params, SamplingParams) else list(params)
+        request_ids = list(range(n)) if request_ids is None else list(request_ids)
+        ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
+               for p in prompts]
+        results: list[Completion | None] = [None] * n
+        todo = []
+        for i, t in enumerate(ids):
+            if len(t) > self.max_prompt_len or not t:
+                results[i] = Completion([], "", "prompt_too_long", prompt_tokens=len(t))
+            else:
+                todo.append(i)
+        # Group by prompt bucket so short prompts do not pay for long ones.
+        todo.sort(key=lambda i: (-(-len(ids[i]) // self.bucket), i))
+        for start in range(0, len(todo), self.batch_size):
+            group = todo[start : start + self.batch_size]
+            outs = self._generate_batch([ids[i] for i in group], [params[i] for i in group],
+                                        [request_ids[i] for i in group])
+            for i, c in zip(group, outs):
+                results[i] = c
+            if progress is not None:
+                progress(len(group))
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, prompts, params, request_ids) -> list[Completion]:
+        b = self.batch_size
+        real = len(prompts)
+        plen = -(-max(len(p) for p in prompts) // self.bucket) * self.bucket
+        max_new = max(p.max_tokens for p in params)
+        if max_new > self.max_new_tokens:
+            raise ValueError(f"max_tokens={max_new} exceeds this sampler's max_new_tokens={self.max_new_tokens}")
+        cache_len = self.max_prompt_len + self.max_new_tokens
+        tokens = np.zeros((b, plen), np.int32)
+        seg = np.zeros((b, plen), np.int32)
+        for r, p in enumerate(prompts):
+            tokens[r, plen - len(p) :] = p
+            seg[r, plen - len(p) :] = 1
+        seg[real:, -1] = 1  # dummy rows: one token so nothing is fully masked
+        pad = [params[0]] * (b - real)
+        allp = list(params) + pad
+        temperature = np.asarray([p.temperature for p in allp], np.float32)
+        top_k = np.asarray([p.top_k for p in allp], np.int32)
+        top_p = np.asarray([p.top_p for p in allp], np.float32)
+        max_tokens = np.asarray([p.max_tokens for p in allp], np.int32)
+        keys = self._place(np.stack([np.asarray(jax.random.fold_in(jax.random.PRNGKey(p.seed), rid))
+                                     for p, rid in zip(allp, list(request_ids) + [0] * (b - real))]))
+
+        logits, cache, pos = _prefill(self.model, self._place(tokens), self._place(seg), cache_len)
+        done = np.zeros(b, bool)
+        done[real:] = True
+        state = (logits, cache, pos, jnp.int32(0), self._place(done),
+                 self._place(np.zeros((b, self.max_new_tokens), np.int32)),
+                 self._place(np.zeros((b, self.max_new_tokens), np.float32)), self._place(np.zeros(b, np.int32)))
+        sp = tuple(self._place(x) for x in (temperature, top_k, top_p)) + (keys, self._place(max_tokens))
+        stop_hit = [False] * real
+        while True:
+            state = _decode_chunk(self.model, state, sp, self.eos, self.chunk)
+            done = np.asarray(state[4]).copy()
+            n_gen = np.asarray(state[7])
+            if any(p.stop for p in params):
+                toks = np.asarray(state[5])
+                for r in range(real):
+                    if not done[r] and params[r].stop and self.tokenizer is not None:
+                        text = self.tokenizer.decode(toks[r, : n_gen[r]], skip_special_tokens=True)
+                        if any(s in text for s in params[r].stop):
+                            done[r] = stop_hit[r] = True
+                state = state[:4] + (self._place(done),) + state[5:]
+            if done.all() or int(state[3]) >= self.max_new_tokens:
+                break
+        toks, lps, n_gen = np.asarray(state[5]), np.asarray(state[6]), np.asarray(state[7])
+        eos = set(np.asarray(self.eos).tolist())
+        out = []
+        for r in range(real):
+            t = toks[r, : n_gen[r]].tolist()
+            reason = "length"
+            if t and t[-1] in eos:
+                reason = "stop"
+            text = self.tokenizer.decode(t, skip_special_tokens=True) if self.tokenizer is not None else ""
+            if params[r].stop:
+                cut = min((text.find(s) for s in params[r].stop if s in text), default=-1)
+                if cut >= 0:
+                    text, reason = text[:cut], "stop"
+            out.append(Completion(t, text, reason, lps[r, : n_gen[r]].tolist() if params[r].logprobs else None,
+                                  prompt_tokens=len(prompts[r])))
+        return out
+
+
+def _eos_ids(model, tokenizer) -> list[int]:
+    ids = []
+    gen = model.cfg.hf_config.get("eos_token_id")
+    if model.cfg.source_dir:
+        import json
+        from pathlib import Path
+
+        g = Path(model.cfg.source_dir) / "generation_config.json"
+        if g.exists():
+            gen = json.loads(g.read_text()).get("eos_token_id", gen)
+    if isinstance(gen, int):
+        ids.append(gen)
+    elif isinstance(gen, list):
+        ids.extend(int(x) for x in gen)
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids

@@ -1,0 +1,185 @@
+"""`ssd-jax sample`: problems → prompts → N samples each, appended to a resumable JSONL.
+
+Each finished group of samples is appended and fsync'ed before the next group starts; on start the file is read
+back (a line torn by a kill is cut off) and only the missing (problem, sample index) pairs are generated. Seeds are
+per request, derived from (seed, problem id, sample index), so a resumed run draws what an uninterrupted one would
+have drawn (JAX backend; vLLM's CPU/GPU kernels are deterministic per seed but not across versions).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict
+from pathlib import Path
+
+from ssd_jax import bundled
+from ssd_jax.config import DecodeSpec, ProblemSource, PromptSpec, SampleConfig
+from ssd_jax.data import problems as P
+from ssd_jax.data.filters import read_samples
+from ssd_jax.data.prompts import DEFAULT_SYSTEM, PromptConfig, messages, render
+from ssd_jax.errors import ConfigError, UserError
+from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.presets import preset
+from ssd_jax.sampling.jax_sampler import SamplingParams
+from ssd_jax.sampling.truncation import Truncation
+
+
+def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
+    report: dict = {"kind": src.kind, "path": src.path}
+    if src.kind == "rstar":
+        probs, rep = P.load_rstar_seed_sft(src.path, passed_only=src.passed_only, dedup=src.dedup)
+        report.update(rep.to_dict())
+    elif src.kind == "lcb":
+        probs = P.load_livecodebench(src.path, release=src.release, window=src.window, start_date=src.start_date,
+                                     end_date=src.end_date)
+    elif src.kind == "humaneval":
+        probs = P.load_humaneval(src.path or None)
+    else:
+        if not src.path:
+            raise ConfigError("problems.path: required for kind 'jsonl'")
+        probs = P.load_jsonl(src.path)
+    if src.decontaminate_against:
+        ref = Path(src.decontaminate_against)
+        eval_set = P.load_livecodebench(ref) if ref.is_dir() or "test" in ref.name else P.load_jsonl(ref)
+        probs, report["decontaminated"] = P.decontaminate(probs, eval_set)
+    if src.limit:
+        probs = probs[: src.limit]
+    report["problems"] = len(probs)
+    return probs, report
+
+
+def resolve_decode(spec: DecodeSpec) -> Truncation:
+    base = preset(spec.preset) if spec.preset else Truncation(1.0, 0, 1.0)
+    t = Truncation(
+        temperature=base.temperature if spec.temperature is None else spec.temperature,
+        top_k=base.top_k if spec.top_k is None else spec.top_k,
+        top_p=base.top_p if spec.top_p is None else spec.top_p,
+    )
+    if t.temperature < 0 or not 0 < t.top_p <= 1 or t.top_k < 0:
+        raise ConfigError(f"decode: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {t}")
+    return t
+
+
+def prompt_config(spec: PromptSpec) -> PromptConfig:
+    system = DEFAULT_SYSTEM if spec.system == "default" else spec.system
+    return PromptConfig(mode=spec.mode, template=spec.template, system=system)
+
+
+def request_id(problem_id: str, sample_idx: int) -> int:
+    return zlib.crc32(f"{problem_id}#{sample_idx}".encode()) & 0x7FFFFFFF
+
+
+class SampleStore:
+    """Append-only JSONL of samples keyed by (problem_id, sample_idx)."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.done: set[tuple[str, int]] = set()
+        good = 0
+        if self.path.exists():
+            with open(self.path, "rb") as f:
+                data = f.read()
+            for line in data.splitlines(keepends=True):
+                if not line.endswith(b"\n"):
+                    break  # torn by a kill
+                try:
+                    rec = json.loads(line)
+                    key = (rec["problem_id"], int(rec["sample_idx"]))
+                except (ValueError, KeyError, TypeError):
+                    line_no = data[:good].count(b"\n") + 1
+                    raise UserError(f"{self.path}:{line_no}: not a sample record; refusing to append to it") from None
+                if key in self.done:
+                    raise UserError(f"{self.path}: sample {key} appears twice")
+                self.done.add(key)
+                good += len(line)
+            if good != len(data):
+                with open(self.path, "r+b") as f:
+                    f.truncate(good)
+
+    def append(self, records: list[dict]) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.done.update((r["problem_id"], r["sample_idx"]) for r in records)
+
+
+def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: int):
+    if cfg.backend == "vllm":
+        from ssd_jax.sampling.vllm_sampler import VllmSampler
+
+        return VllmSampler(str(model_dir), max_model_len=cfg.max_prompt_len + max_new_tokens)
+    from ssd_jax.models import hf
+    from ssd_jax.sampling.jax_sampler import JaxSampler
+    from ssd_jax.sharding import MeshConfig, make_mesh
+
+    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
+    model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.dtype, mesh=mesh,
+                    moe_impl=cfg.model.moe_impl)
+    return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
+                      max_new_tokens=max_new_tokens, mesh=mesh if mesh.size > 1 else None)
+
+
+def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, report: dict | None = None) -> dict:
+    """Sample `decode.n` completions per problem into `cfg.out`; returns the manifest (also written next to it)."""
+    import transformers
+
+    trunc = resolve_decode(cfg.decode)
+    pcfg = prompt_config(cfg.prompt)
+    if problems is None:
+        problems, report = load_problems(cfg.problems)
+    if not problems:
+        raise UserError(f"no problems to sample from ({cfg.problems.kind}: {cfg.problems.path or 'default'})")
+    model_dir = bundled.resolve_model(cfg.model.path)
+    from ssd_jax.models.hf import read_hf_config
+
+    read_hf_config(model_dir)
+    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    store = SampleStore(cfg.out)
+    todo = [(p, i) for p in problems for i in range(cfg.decode.n) if (p.id, i) not in store.done]
+    decode_rec = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
+                  "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
+    if todo:
+        sampler = make_sampler(cfg, model_dir, tokenizer, cfg.decode.max_tokens)
+        params = SamplingParams(temperature=trunc.temperature, top_k=trunc.top_k, top_p=trunc.top_p,
+                                max_tokens=cfg.decode.max_tokens, seed=cfg.decode.seed, stop=tuple(cfg.decode.stop))
+        progress = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(problems) * cfg.decode.n, initial=len(problems) * cfg.decode.n - len(todo),
+                            desc="sample", unit="sample")
+        group = max(cfg.batch_size, 1) * 4
+        try:
+            for start in range(0, len(todo), group):
+                chunk = todo[start : start + group]
+                rendered = [render(p, pcfg, tokenizer) for p, _ in chunk]
+                outs = sampler.generate([ids for _, ids in rendered], params,
+                                        request_ids=[request_id(p.id, i) for p, i in chunk])
+                recs = []
+                for (p, i), (text, _), c in zip(chunk, rendered, outs):
+                    recs.append({
+                        "problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, pcfg),
+                        "response": c.text, "model": cfg.model.path, "decode": decode_rec,
+                        "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
+                        "backend": cfg.backend,
+                    })
+                store.append(recs)
+                if progress is not None:
+                    progress.update(len(chunk))
+        finally:
+            if progress is not None:
+                progress.close()
+    samples = read_samples(cfg.out)
+    reasons: dict[str, int] = {}
+    for s in samples:
+        reasons[s.get("finish_reason", "?")] = reasons.get(s.get("finish_reason", "?"), 0) + 1
+    manifest = {"out": str(cfg.out), "samples": len(samples), "problems": report, "decode": decode_rec,
+                "prompt": asdict(pcfg), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
+                "finish_reasons": reasons, "generated_this_run": len(todo)}
+    atomic_write_text(Path(cfg.out).with_suffix(".manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    return manifest

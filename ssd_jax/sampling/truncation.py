@@ -1,0 +1,84 @@
+"""Temperature → top-k → top-p truncation in exactly vLLM's order; the one function the sampler, the baselines and
+the fork/lock analysis all use.
+
+vLLM's sampler (v1 `Sampler` + `apply_top_k_top_p`):
+  1. greedy when T < 1e-5: argmax of the raw logits (first index on ties);
+  2. logits / T;
+  3. top-k on the tempered logits: sort ascending, the k-th largest value is the threshold, every token *below* it
+     is removed — tokens tied with the k-th value all survive (more than k may remain);
+  4. top-p within the survivors: softmax over them, cumulative sum in ascending order, remove the tokens whose
+     cumulative mass is ≤ 1 − p, but never the largest one (at least one token is kept). Tied values are ordered by
+     token id (stable sort), so at a top-p boundary that splits ties the lower ids go first;
+  5. sample from the softmax of what is left (renormalised).
+top_k ≤ 0 or ≥ vocab disables top-k; top_p ≥ 1 disables top-p. No penalties, no min-p.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+GREEDY_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """One decoding setting, as the paper's tables write it (top_k 0 = none, top_p 1.0 = none)."""
+
+    temperature: float
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
+
+
+def _rows(x, b, dtype):
+    return jnp.broadcast_to(jnp.asarray(x, dtype), (b,))
+
+
+def truncate(logits: jax.Array, temperature, top_k, top_p) -> tuple[jax.Array, jax.Array]:
+    """(tempered logits, keep mask), both (..., V). Parameters are scalars or per-row arrays over the leading axes.
+
+    Greedy rows (T < 1e-5) keep exactly the argmax of the raw logits."""
+    shape = logits.shape
+    v = shape[-1]
+    x = logits.reshape(-1, v).astype(jnp.float32)
+    b = x.shape[0]
+    t = _rows(temperature, b, jnp.float32)
+    k = _rows(top_k, b, jnp.int32)
+    p = _rows(top_p, b, jnp.float32)
+    greedy = t < GREEDY_EPS
+    tempered = x / jnp.where(greedy, 1.0, t)[:, None]
+
+    order = jnp.argsort(tempered, axis=-1, stable=True)  # ascending, ties by token id
+    xs = jnp.take_along_axis(tempered, order, axis=-1)
+    k_on = (k > 0) & (k < v)
+    kth = jnp.take_along_axis(xs, jnp.clip(v - k, 0, v - 1)[:, None], axis=-1)
+    keep_sorted = jnp.where(k_on[:, None], xs >= kth, True)
+    masked = jnp.where(keep_sorted, xs, -jnp.inf)
+    probs = jax.nn.softmax(masked, axis=-1)
+    cum = jnp.cumsum(probs, axis=-1)
+    drop_p = (cum <= (1.0 - p)[:, None]) & (p < 1.0)[:, None]
+    drop_p = drop_p.at[:, -1].set(False)
+    keep_sorted = keep_sorted & ~drop_p
+    keep = jnp.zeros_like(keep_sorted).at[jnp.arange(b)[:, None], order].set(keep_sorted)
+
+    argmax = jax.nn.one_hot(jnp.argmax(x, axis=-1), v, dtype=bool)
+    keep = jnp.where(greedy[:, None], argmax, keep)
+    return tempered.reshape(shape), keep.reshape(shape)
+
+
+def truncated_logprobs(logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
+    """Log-probabilities of the distribution actually sampled from: −inf outside the kept set, renormalised."""
+    tempered, keep = truncate(logits, temperature, top_k, top_p)
+    return jax.nn.log_softmax(jnp.where(keep, tempered, -jnp.inf), axis=-1)
+
+
+def sample(key: jax.Array, logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
+    """One token per row from the truncated distribution; greedy rows take the argmax. logits (B, V) → (B,)."""
+    lp = truncated_logprobs(logits, temperature, top_k, top_p)
+    return jax.random.categorical(key, lp, axis=-1).astype(jnp.int32)

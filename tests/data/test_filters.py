@@ -1,0 +1,106 @@
+"""Degeneracy filters: each rule and reason on crafted samples, the three presets, SFT output, the CLI."""
+
+import json
+
+import pytest
+
+from ssd_jax.cli import main
+from ssd_jax.code import syntax_ok
+from ssd_jax.config import FilterConfig
+from ssd_jax.data.filters import PRESETS, filter_samples, sft_records, with_preset
+
+GOOD = "Here you go:\n```python\ndef f(x):\n    return x + 1\n```"
+
+
+def s(i, response):
+    return {"problem_id": f"p{i}", "sample_idx": 0, "response": response,
+            "messages": [{"role": "user", "content": f"q{i}"}]}
+
+
+def reasons(samples, **kw):
+    verdicts, stats = filter_samples(samples, FilterConfig(**kw))
+    return [v["reason"] for v in verdicts], stats
+
+
+def test_paper_rules_empty_and_single_line_stub():
+    got, stats = reasons([s(0, ""), s(1, "   \n "), s(2, "pass"), s(3, "```python print(1)```"), s(4, GOOD)],
+                         **PRESETS["paper"])
+    assert got == ["empty", "empty", "single_line_stub", "single_line_stub", None]
+    assert stats["kept"] == 1 and stats["by_reason"]["empty"] == 2 and stats["by_reason"]["single_line_stub"] == 2
+
+
+def test_released_shortest_ten_percent():
+    samples = [s(i, "x\n" * (i + 1)) for i in range(20)] + [s(99, "")]
+    got, stats = reasons(samples, **PRESETS["released"])
+    # cut-off = the length at index int(20 * 0.1) = 2 of the sorted non-empty lengths (stripped: 1, 3, 5, ...)
+    assert stats["shortest_fraction_min_chars"] == 5
+    assert got[:3] == ["shortest_fraction", "shortest_fraction", None] and got[-1] == "empty"
+    assert stats["kept"] == 18
+    # single-line responses survive here: the released code has no stub rule
+    assert reasons([s(0, "pass")] * 1, **PRESETS["released"])[0] == [None]
+
+
+def test_trl_rule():
+    got, _ = reasons([s(0, "short"), s(1, "a long single line answer"), s(2, "a\nb")], **PRESETS["trl"])
+    assert got == ["trl_short", None, None]
+
+
+def test_syntax_code_block_and_duplicates():
+    bad = "```python\ndef f(:\n    pass\n```"
+    noblock = "def g():\n    return 2"
+    got, stats = reasons([s(0, GOOD), s(1, bad), s(2, noblock), s(3, GOOD), s(4, "text\nwith no code")],
+                         syntax=True, drop_duplicates=True)
+    assert got == [None, "syntax_error", None, "duplicate", "syntax_error"]
+    assert stats["syntax_parser"] == "tree-sitter"
+    got, _ = reasons([s(0, GOOD), s(2, noblock)], require_code_block=True)
+    assert got == [None, "no_code_block"]
+
+
+def test_parsers_disagree_and_the_verdict_names_which_judged():
+    py2 = 'print "hello"\n'
+    ret = "return 1\n"
+    assert syntax_ok(ret, "tree-sitter").ok and syntax_ok(ret, "ast").ok and not syntax_ok(ret, "compile").ok
+    assert syntax_ok(py2, "tree-sitter").ok != syntax_ok(py2, "compile").ok
+    sample = [s(0, "```python\nreturn 1\n```\nok")]
+    assert reasons(sample, syntax=True)[0] == [None]
+    assert reasons(sample, syntax=True, syntax_parser="compile")[0] == ["syntax_error"]
+
+
+def test_looping_sample_that_hit_the_cap_is_kept():
+    loop = "```python\n" + "x = 1\n" * 500
+    v, _ = filter_samples([{**s(0, loop), "finish_reason": "length"}], FilterConfig(**PRESETS["paper"]))
+    assert v[0]["kept"]
+
+
+def test_sft_records_strip_and_keep_messages():
+    v, _ = filter_samples([s(0, "  \n" + GOOD + "\n\n"), s(1, "")], FilterConfig())
+    (rec,) = sft_records(v)
+    assert rec == {"messages": [{"role": "user", "content": "q0"}, {"role": "assistant", "content": GOOD}],
+                   "problem_id": "p0"}
+
+
+def test_preset_respects_explicit_fields():
+    cfg = with_preset(FilterConfig(preset="released", shortest_fraction=0.25), {"shortest_fraction"})
+    assert cfg.shortest_fraction == 0.25 and cfg.drop_single_line_stub is False
+
+
+def test_filter_cli_writes_three_files_and_rejects_bad_input(tmp_path, capsys):
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(x) + "\n" for x in [s(0, GOOD), s(1, "")]))
+    out = tmp_path / "filtered.jsonl"
+    assert main(["filter", "--samples", str(samples), "--out", str(out), "--preset", "paper"]) == 0
+    assert len(out.read_text().splitlines()) == 1
+    stats = json.loads((tmp_path / "filter_stats.json").read_text())
+    assert stats["by_reason"]["empty"] == 1 and stats["kept"] == 1
+    assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == 2
+    samples.write_text(json.dumps(s(0, GOOD)) + "\n" + '{"problem_id": "x"}\n')
+    capsys.readouterr()
+    assert main(["filter", "--samples", str(samples), "--out", str(out)]) == 2
+    assert "samples.jsonl:2: missing field 'sample_idx'" in capsys.readouterr().err
+    assert main(["filter", "--samples", str(samples), "--out", str(out), "--set", "colour=1"]) == 2
+    assert "unknown key 'colour'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_presets_are_valid_configs(name):
+    FilterConfig(**PRESETS[name])

@@ -1,0 +1,58 @@
+"""Prompt strings, golden: the released code's LiveCodeBench-style templates, and how each mode is tokenised."""
+
+import transformers
+
+from ssd_jax.data import prompts
+from ssd_jax.data.problems import Problem
+from tests import tiny
+
+STDIN = Problem("p", "rstar", "Print A+B.")
+FUNC = Problem("f", "rstar", "Add.", starter_code="class Solution:\n    def add(self, a, b):")
+
+GOLD_TRAIN_STDIN = (
+    "You will be given a question (problem specification) and will generate a correct Python program that matches "
+    "the specification and passes all tests. You will NOT return anything except for the program.\n\n"
+    "Question: Print A+B.\n\n"
+    "Read the inputs from stdin solve the problem and write the answer to stdout (do not directly test on the "
+    "sample inputs). Enclose your code within delimiters as follows. Ensure that when the python program runs, it "
+    "reads the inputs, runs the algorithm and writes output to STDOUT.\n\n"
+    "The final solution should be formatted as:\n```python\n# YOUR CODE HERE\n```"
+)
+GOLD_TRAIN_FUNC = (
+    "You will be given a question (problem specification) and will generate a correct Python program that matches "
+    "the specification and passes all tests. You will NOT return anything except for the program.\n\n"
+    "Question: Add.\n\n"
+    "You will use the following starter code to write the solution to the problem and enclose your code within "
+    "delimiters.\n```python\nclass Solution:\n    def add(self, a, b):\n```"
+)
+
+
+def test_train_templates_golden():
+    assert prompts.problem_text(STDIN, "train") == GOLD_TRAIN_STDIN
+    assert prompts.problem_text(FUNC, "train") == GOLD_TRAIN_FUNC
+
+
+def test_eval_templates_keep_the_released_quirks():
+    s = prompts.problem_text(STDIN, "eval")
+    assert s.endswith("writes output to STDOUT.\n```python\n  # YOUR CODE HERE\n```")
+    f = prompts.problem_text(FUNC, "eval")
+    assert f.endswith('enclose your code within delimiters."\n```python\nclass Solution:\n    def add(self, a, b):\n')
+
+
+def test_question_with_braces_is_not_formatted():
+    p = Problem("b", "rstar", "Print {x} and {{y}}.")
+    assert "Question: Print {x} and {{y}}.\n" in prompts.problem_text(p)
+
+
+def test_chat_and_raw_rendering(tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny.save_tiny_tokenizer(tmp_path)))
+    text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="chat"), tok)
+    assert text == ("<|im_start|>system\n" + prompts.DEFAULT_SYSTEM + "<|im_end|>\n<|im_start|>user\n"
+                    + GOLD_TRAIN_STDIN + "<|im_end|>\n<|im_start|>assistant\n")
+    assert tok.decode(ids) == text
+    text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="chat", system=None), tok)
+    assert text.startswith("<|im_start|>user\n")
+    text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="raw"), tok)
+    assert text == GOLD_TRAIN_STDIN and tok.decode(ids) == GOLD_TRAIN_STDIN
+    msgs = prompts.messages(STDIN, prompts.PromptConfig(mode="raw"))
+    assert msgs == [{"role": "user", "content": GOLD_TRAIN_STDIN}]

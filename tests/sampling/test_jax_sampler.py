@@ -1,0 +1,123 @@
+"""The JAX KV-cache sampler: greedy = HF generate, sampled distribution = the truncated distribution (χ²),
+batching does not change a request's output, EOS / stop strings / length limits."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from scipy import stats
+
+from ssd_jax import bundled, parity
+from ssd_jax.models import hf
+from ssd_jax.sampling.jax_sampler import JaxSampler, SamplingParams
+from ssd_jax.sampling.truncation import truncated_logprobs
+
+PROMPTS = [[5, 17, 99, 3], [200, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11], [42], [7, 7, 7, 7, 7, 7, 7]]
+
+
+@pytest.fixture(scope="module")
+def tiny_sampler(tiny_dir):
+    model = hf.load(tiny_dir("llama3"))
+    return model, JaxSampler(model, batch_size=4, max_prompt_len=16, max_new_tokens=24, chunk=8, prompt_bucket=16,
+                             eos_token_ids=[])
+
+
+def test_greedy_equals_hf_generate_on_tiny_model(tiny_sampler, tiny_dir):
+    _, sampler = tiny_sampler
+    ref = parity.load_hf_reference(tiny_dir("llama3"))
+    out = sampler.generate(PROMPTS, SamplingParams(temperature=0.0, max_tokens=20))
+    for p, c in zip(PROMPTS, out):
+        want = ref.generate(torch.tensor([p]), max_new_tokens=20, do_sample=False, eos_token_id=None,
+                            pad_token_id=0)[0, len(p):].tolist()
+        assert c.token_ids == want
+        assert c.finish_reason == "length"
+
+
+def test_batch_composition_does_not_change_outputs(tiny_sampler):
+    _, sampler = tiny_sampler
+    params = [SamplingParams(temperature=t, top_k=k, top_p=p, max_tokens=12, seed=3)
+              for t, k, p in [(0.0, 0, 1.0), (1.0, 20, 0.9), (1.6, 20, 0.8), (0.7, 0, 0.95)]]
+    together = sampler.generate(PROMPTS, params, request_ids=[10, 11, 12, 13])
+    for i in range(4):
+        alone = sampler.generate([PROMPTS[i]], [params[i]], request_ids=[10 + i])[0]
+        assert alone.token_ids == together[i].token_ids
+    # Another seed or request id gives another sample (the streams are really per request).
+    other = sampler.generate([PROMPTS[2]], [params[2]], request_ids=[99])[0]
+    assert other.token_ids != together[2].token_ids
+
+
+def test_next_token_distribution_chi_square(tiny_dir):
+    """20k first tokens drawn by the sampler follow the truncated distribution of HF's logits (fixed seed)."""
+    d = tiny_dir("qwen3_untied")
+    model = hf.load(d)
+    prompt = [9, 8, 7, 6, 5]
+    with torch.no_grad():
+        logits = parity.load_hf_reference(d)(torch.tensor([prompt])).logits[0, -1].numpy()
+    t, k, p = 1.3, 20, 0.9
+    probs = np.exp(np.asarray(truncated_logprobs(logits[None], t, k, p))[0])
+    support = np.flatnonzero(probs > 0)
+    assert 3 <= len(support) <= 20
+    n = 20_000
+    sampler = JaxSampler(model, batch_size=2_000, max_prompt_len=8, max_new_tokens=1, chunk=1, prompt_bucket=8,
+                         eos_token_ids=[])
+    out = sampler.generate([prompt] * n, SamplingParams(temperature=t, top_k=k, top_p=p, max_tokens=1, seed=1))
+    first = np.array([c.token_ids[0] for c in out])
+    assert set(first) <= set(support)
+    counts = np.array([(first == s).sum() for s in support])
+    expected = probs[support].astype(np.float64) / probs[support].astype(np.float64).sum() * n
+    chi2, pval = stats.chisquare(counts, expected)
+    assert pval > 1e-3, (chi2, pval)
+
+
+def test_eos_stop_strings_and_limits(tiny_dir):
+    model = hf.load(tiny_dir("llama3"))
+    greedy = JaxSampler(model, batch_size=2, max_prompt_len=16, max_new_tokens=24, chunk=4, prompt_bucket=16,
+                        eos_token_ids=[])
+    base = greedy.generate([PROMPTS[0]], SamplingParams(temperature=0.0, max_tokens=16))[0].token_ids
+    eos = base[5]
+    first_eos = base.index(eos)
+    s = JaxSampler(model, batch_size=2, max_prompt_len=16, max_new_tokens=24, chunk=4, prompt_bucket=16,
+                   eos_token_ids=[eos])
+    c = s.generate([PROMPTS[0], PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=16))
+    assert c[0].token_ids == base[: first_eos + 1] and c[0].finish_reason == "stop"
+    assert len(c[1].token_ids) <= 16
+    short = s.generate([PROMPTS[1]], SamplingParams(temperature=0.0, max_tokens=3))[0]
+    assert len(short.token_ids) <= 3
+    too_long = s.generate([list(range(40))], SamplingParams(max_tokens=3))[0]
+    assert too_long.finish_reason == "prompt_too_long" and too_long.token_ids == []
+
+
+@pytest.mark.slow
+def test_smollm2_greedy_equals_hf_generate_and_stop_strings():
+    d = bundled.smollm2_135m()
+    tok = transformers.AutoTokenizer.from_pretrained(str(d))
+    model = hf.load(d)
+    msgs = ["Write a Python function that returns the square of a number.",
+            "Write a Python function is_even(n) that checks if n is even.",
+            "Print hello world in Python."]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": m}], add_generation_prompt=True,
+                                       tokenize=True)["input_ids"] for m in msgs]
+    s = JaxSampler(model, tok, batch_size=4, max_prompt_len=64, max_new_tokens=48, chunk=16)
+    out = s.generate(prompts, SamplingParams(temperature=0.0, max_tokens=48))
+    ref = transformers.AutoModelForCausalLM.from_pretrained(str(d))
+    for p, c in zip(prompts, out):
+        want = ref.generate(torch.tensor([p]), max_new_tokens=48, do_sample=False)[0, len(p):].tolist()
+        assert c.token_ids == want
+    assert "def " in out[0].text
+    stopped = s.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=48, stop=("return",)))[0]
+    assert stopped.finish_reason == "stop" and "return" not in stopped.text and stopped.text in out[0].text
+
+
+def test_sharded_sampler_matches_single_device(tiny_dir):
+    from ssd_jax.sharding import MeshConfig, make_mesh
+
+    d = tiny_dir("qwen3_moe")
+    params = [SamplingParams(temperature=0.0, max_tokens=10)] * 4 + [SamplingParams(temperature=1.0, top_k=20,
+                                                                                    max_tokens=10, seed=2)] * 4
+    prompts = PROMPTS + PROMPTS
+    single = JaxSampler(hf.load(d), batch_size=8, max_prompt_len=16, max_new_tokens=12, chunk=4, prompt_bucket=16,
+                        eos_token_ids=[]).generate(prompts, params)
+    mesh = make_mesh(MeshConfig(fsdp=4, tensor=2))
+    sharded = JaxSampler(hf.load(d, mesh=mesh), batch_size=8, max_prompt_len=16, max_new_tokens=12, chunk=4,
+                         prompt_bucket=16, mesh=mesh, eos_token_ids=[]).generate(prompts, params)
+    assert [c.token_ids for c in sharded] == [c.token_ids for c in single]

