@@ -21,8 +21,12 @@ from pathlib import Path
 from ssd_jax.errors import UserError
 
 
-@dataclass
+@dataclass(frozen=True)
 class TestCase:
+    """One test: `input`/`output` text; for "functional" tests the input lines and the output are JSON."""
+
+    __test__ = False  # not a pytest class
+
     input: str
     output: str
     testtype: str = "stdin"  # stdin | functional
