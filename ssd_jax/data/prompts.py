@@ -59,9 +59,10 @@ class PromptConfig:
     system: str | None = DEFAULT_SYSTEM  # chat mode only; null = no system message
 
 
-def problem_text(problem: Problem, template: str = "train") -> str:
+def problem_text(problem: Problem, template: str = "train", mode: str = "chat") -> str:
     if problem.source == "humaneval":
-        return HUMANEVAL.format(prompt=problem.question)
+        # raw mode = classic completion: the model continues the function; chat mode asks for the whole function.
+        return problem.question if mode == "raw" else HUMANEVAL.format(prompt=problem.question)
     if problem.kind == "function":
         t = TRAIN_FUNCTION if template == "train" else EVAL_FUNCTION
         return t.replace("{question}", problem.question).replace("{starter_code}", problem.starter_code)
@@ -71,7 +72,7 @@ def problem_text(problem: Problem, template: str = "train") -> str:
 
 def messages(problem: Problem, cfg: PromptConfig) -> list[dict]:
     """The conversation up to the assistant turn (what SFT records store before the response)."""
-    user = {"role": "user", "content": problem_text(problem, cfg.template)}
+    user = {"role": "user", "content": problem_text(problem, cfg.template, cfg.mode)}
     if cfg.mode == "chat" and cfg.system:
         return [{"role": "system", "content": cfg.system}, user]
     return [user]

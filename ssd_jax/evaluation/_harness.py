@@ -277,11 +277,7 @@ def _lcb_stdio(code: str, inputs: list, outputs: list, timeout: float):
                 _alarm(0)
             except Exception as e:
                 _alarm(0)
-                tle = "timeoutexception" in repr(e).lower()
-                results.append(-3 if tle else -4)
-                return results, {"error": repr(e), "error_code": -3 if tle else -4,
-                                 "error_message": "Time Limit Exceeded" if tle else "Runtime Error",
-                                 "inputs": truncate(inp), "expected": truncate(expected)}
+                return _exception_verdict(results, e, inp, expected)
             finally:
                 _alarm(0)
         finally:
@@ -304,6 +300,15 @@ def _lcb_stdio(code: str, inputs: list, outputs: list, timeout: float):
                 return results, wa
         results.append(True)
     return results, {"execution time": total}
+
+
+def _exception_verdict(results: list, e: BaseException, inputs, expected):
+    """LCB's verdict for a test that raised: -3 when the alarm's TimeoutException fired, else -4."""
+    tle = "timeoutexception" in repr(e).lower()
+    results.append(-3 if tle else -4)
+    return results, {"error": repr(e), "error_code": -3 if tle else -4,
+                     "error_message": "Time Limit Exceeded" if tle else "Runtime Error",
+                     "inputs": truncate(inputs), "expected": truncate(expected)}
 
 
 def _lcb_functional(code: str, inputs: list, outputs: list, fn_name: str, timeout: float):
@@ -331,11 +336,7 @@ def _lcb_functional(code: str, inputs: list, outputs: list, fn_name: str, timeou
                                  "expected": truncate(expected), "error_code": -2, "error_message": "Wrong Answer"}
         except Exception as e:
             _alarm(0)
-            tle = "timeoutexception" in repr(e).lower()
-            results.append(-3 if tle else -4)
-            return results, {"error": repr(e), "error_code": -3 if tle else -4,
-                             "error_message": "Time Limit Exceeded" if tle else "Runtime Error",
-                             "inputs": truncate(args), "expected": truncate(expected)}
+            return _exception_verdict(results, e, args, expected)
         finally:
             _alarm(0)
     return results, {"execution time": total}

@@ -218,3 +218,28 @@ def grade_humaneval(
         WRONG_ANSWER if report.get("exception") == "AssertionError" else RUNTIME_ERROR
     return GradeResult(False, code, status, [code], run.isolation, {"exception": report.get("exception")},
                        "humaneval", run.wall_s)
+
+
+def problem_payload(problem) -> dict:
+    """A `data.problems.Problem` as a plain dict: what a grading job ships to a pool worker."""
+    from dataclasses import asdict
+
+    return asdict(problem)
+
+
+def grade_record(problem: dict, response: str, mode: str, timeout_s: float, memory_mb: int | None,
+                 isolation: str = "auto") -> dict:
+    """Grade one model response to one problem (a `problem_payload`): HumanEval problems by `check()`, the rest by
+    their tests on the extracted code block. Runs in a WorkerPool worker, so it imports no sampler and no JAX."""
+    from ssd_jax.code import extract_code, humaneval_program
+
+    if problem["source"] == "humaneval":
+        program = humaneval_program(problem["question"], response, problem["entry_point"])
+        r = grade_humaneval(program, problem["check_code"], problem["entry_point"], timeout_s=min(timeout_s, 3.0),
+                            memory_mb=memory_mb, isolation=isolation)
+    else:
+        tests = [TestCase(**t) for t in problem["tests"]]
+        r = grade(extract_code(response), tests, mode=mode, timeout_s=timeout_s, memory_mb=memory_mb,
+                  func_name=problem.get("func_name"), isolation=isolation)
+    return {"passed": bool(r.passed), "error_code": int(r.error_code), "error_message": r.error_message[:500],
+            "isolation": r.isolation}

@@ -44,6 +44,7 @@ def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
         ref = Path(src.decontaminate_against)
         eval_set = P.load_livecodebench(ref) if ref.is_dir() or "test" in ref.name else P.load_jsonl(ref)
         probs, report["decontaminated"] = P.decontaminate(probs, eval_set)
+    probs = probs[src.skip :]
     if src.limit:
         probs = probs[: src.limit]
     report["problems"] = len(probs)

@@ -14,7 +14,7 @@ import yaml
 from ssd_jax.cli import main
 from tests import tiny
 
-N = 24
+N = 64
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
     probs.write_text("".join(json.dumps({"id": f"p{i:02d}", "question": f"Print the number {i} squared."}) + "\n"
                              for i in range(N)))
     cfg = {"model": {"path": str(model)}, "problems": {"kind": "jsonl", "path": str(probs)},
-           "decode": {"preset": "qwen3-30b-a3b-instruct-2507/train", "max_tokens": 24, "seed": 5},
+           "decode": {"preset": "qwen3-30b-a3b-instruct-2507/train", "max_tokens": 48, "seed": 5},
            "batch_size": 2, "max_prompt_len": 256, "progress": False, "mesh": {"fsdp": 1}}
     path = root / "sample.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -68,7 +68,7 @@ def test_kill_then_rerun_gives_one_sample_per_problem(setup):
     assert {r["problem_id"]: r["response"] for r in recs} == want
     manifest = json.loads(out.with_suffix(".manifest.json").read_text())
     assert manifest["generated_this_run"] == N - partial and manifest["samples"] == N
-    assert recs[0]["decode"] == {"temperature": 1.6, "top_k": 20, "top_p": 0.8, "max_tokens": 24, "seed": 5,
+    assert recs[0]["decode"] == {"temperature": 1.6, "top_k": 20, "top_p": 0.8, "max_tokens": 48, "seed": 5,
                                  "preset": "qwen3-30b-a3b-instruct-2507/train"}
 
 

@@ -102,3 +102,20 @@ def test_matches_vllm_pytorch_implementation():
         np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
         fin = ~np.isneginf(want)
         np.testing.assert_allclose(got[fin], want[fin], atol=1e-6)
+
+
+@pytest.mark.parametrize("n_tied", [30, 80])
+def test_partial_sort_path_and_its_fallback_keep_every_tie(n_tied):
+    """top_k=20 over 300 tokens with n_tied tokens tied at the top: 30 ties fit the 64 partial-sort candidates,
+    80 do not and the full sort runs; either way every tie survives top-k exactly as in vLLM."""
+    rng = np.random.RandomState(n_tied)
+    logits = rng.randn(4, 300).astype(np.float32)
+    tied = rng.choice(300, n_tied, replace=False)
+    logits[:, tied] = 9.0
+    # p chosen so that 1 - p is no multiple of 1/30 or 1/80: the cut never falls exactly on a tie (float32 vs 64)
+    for t, k, p in [(1.0, 20, 1.0), (0.8, 20, 0.437), (1.5, 5, 0.913)]:
+        _, keep = truncate(logits, t, k, p)
+        for r in range(4):
+            np.testing.assert_array_equal(np.asarray(keep[r]), reference(logits[r], t, k, p)[0])
+    _, keep = truncate(logits, 1.0, 20, 1.0)
+    assert int(np.asarray(keep[0]).sum()) == n_tied

@@ -1,0 +1,132 @@
+"""`ssd-jax eval`: sample n completions per problem (JAX or vLLM), grade them in the sandbox, report pass@k.
+
+This module sits beside sampling/ and train/ (it drives the sampler), above evaluation/ (sandbox, grader,
+metrics), which never imports a sampler. Outputs in `out_dir`:
+  samples.jsonl (+ .manifest.json)   resumable, as `ssd-jax sample`
+  lcb_output.json                    LiveCodeBench custom-output format: [{question_id, code_list}]
+  graded.jsonl                       {problem_id, sample_idx, passed, error_code, error_message, isolation}
+  metrics.json, pass_at_k.png        pass@k overall / by difficulty / by platform, with what produced them
+Grading is resumable too: graded samples are skipped on rerun. `--grade-only` grades an existing samples file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+from ssd_jax.code import extract_code
+from ssd_jax.config import EvalConfig, SampleConfig
+from ssd_jax.data.filters import read_samples
+from ssd_jax.data.problems import Problem, read_jsonl
+from ssd_jax.errors import UserError
+from ssd_jax.evaluation import metrics as M
+from ssd_jax.evaluation.grader import grade_record, problem_payload
+from ssd_jax.evaluation.sandbox import WorkerPool
+from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample
+
+
+def check_gradable(problems: dict[str, Problem], samples: list[dict], where: str) -> None:
+    for s in samples:
+        p = problems.get(s["problem_id"])
+        if p is None:
+            raise UserError(f"{where}: sample for unknown problem id {s['problem_id']!r} (not in the problem set)")
+        if p.source != "humaneval" and not p.tests:
+            raise UserError(f"{where}: problem {p.id!r} has no tests to grade against")
+        if p.source == "humaneval" and not (p.check_code and p.entry_point):
+            raise UserError(f"{where}: HumanEval problem {p.id!r} lacks its check code")
+
+
+def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: Path, cfg: EvalConfig) -> list[dict]:
+    """Grade every sample not yet in `out_path` (appended as they finish); return all graded records."""
+    done: dict[tuple[str, int], dict] = {}
+    if out_path.exists():
+        text = out_path.read_text(encoding="utf-8")
+        good = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
+        if good != text:
+            atomic_write_text(out_path, good)
+        for _, rec in read_jsonl(out_path):
+            done[(rec["problem_id"], int(rec["sample_idx"]))] = rec
+    todo = [s for s in samples if (s["problem_id"], int(s["sample_idx"])) not in done]
+    g = cfg.grader
+    if todo:
+        pdicts = {pid: problem_payload(p) for pid, p in problems.items()}
+        progress = None
+        if cfg.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="grade", unit="program")
+        with WorkerPool(max_workers=g.workers) as pool, open(out_path, "a", encoding="utf-8") as f:
+            futures = [(s, pool.submit(grade_record, pdicts[s["problem_id"]], s["response"], g.mode, g.timeout_s,
+                                       g.memory_mb, g.isolation)) for s in todo]
+            for i, (s, fut) in enumerate(futures):
+                rec = {"problem_id": s["problem_id"], "sample_idx": int(s["sample_idx"]), **fut.result()}
+                done[(rec["problem_id"], rec["sample_idx"])] = rec
+                f.write(json.dumps(rec) + "\n")
+                if i % 16 == 15 or i == len(futures) - 1:
+                    f.flush()
+                    os.fsync(f.fileno())
+                if progress is not None:
+                    progress.update(1)
+        if progress is not None:
+            progress.close()
+    return [done[(s["problem_id"], int(s["sample_idx"]))] for s in samples]
+
+
+def write_lcb_output(samples: list[dict], path: Path) -> None:
+    by: dict[str, list[tuple[int, str]]] = {}
+    for s in samples:
+        by.setdefault(s["problem_id"], []).append((int(s["sample_idx"]), extract_code(s["response"])))
+    doc = [{"question_id": pid.split("/", 1)[-1], "code_list": [c for _, c in sorted(v)]} for pid, v in by.items()]
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+
+
+def sample_config(cfg: EvalConfig, out: Path) -> SampleConfig:
+    return SampleConfig(model=cfg.model, problems=cfg.problems, prompt=cfg.prompt, decode=cfg.decode, mesh=cfg.mesh,
+                        backend=cfg.backend, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
+                        out=str(out), round=0, progress=cfg.progress)
+
+
+def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> dict:
+    """Sample (unless `samples_file` is given: grade-only), grade, and write metrics. Returns the metrics doc."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    problem_list, report = load_problems(cfg.problems)
+    if not problem_list:
+        raise UserError(f"no problems to evaluate ({cfg.problems.kind}: {cfg.problems.path or 'default'})")
+    problems = {p.id: p for p in problem_list}
+    if samples_file is None:
+        samples_path = out / "samples.jsonl"
+        run_sample(sample_config(cfg, samples_path), problem_list, report)
+        where = str(samples_path)
+    else:
+        samples_path = Path(samples_file)
+        where = str(samples_path)
+    samples = read_samples(samples_path)
+    if not samples:
+        raise UserError(f"{where}: no samples to grade")
+    check_gradable(problems, samples, where)
+    write_lcb_output(samples, out / "lcb_output.json")
+    graded = grade_samples(samples, problems, out / "graded.jsonl", cfg)
+    groups = {pid: {"difficulty": p.difficulty, "platform": p.platform} for pid, p in problems.items()}
+    ks = [k for k in cfg.ks if k <= min(sum(1 for s in samples if s["problem_id"] == pid)
+                                        for pid in {s["problem_id"] for s in samples})]
+    m = M.compute_metrics(graded, groups, ks=ks, n_boot=cfg.bootstrap)
+    trunc = resolve_decode(cfg.decode)
+    decode = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
+              "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
+    isolation = sorted({g["isolation"] for g in graded})
+    humaneval = cfg.problems.kind == "humaneval"
+    doc = M.write_metrics_json(out / "metrics.json", m, model=cfg.model.path, decode=decode, n=cfg.decode.n,
+                               grader_mode="humaneval" if humaneval else cfg.grader.mode,
+                               isolation=",".join(isolation),
+                               timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,
+                               extra={"problems": report, "prompt": asdict(cfg.prompt), "backend": cfg.backend,
+                                      "samples": where})
+    try:
+        M.plot_pass_at_k(m, out / "pass_at_k.png", title=f"{cfg.model.path} · {cfg.problems.kind}")
+    except Exception as e:  # a missing plotting backend must not lose the numbers
+        doc["plot_error"] = str(e)
+    return doc

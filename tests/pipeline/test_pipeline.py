@@ -1,0 +1,91 @@
+"""`ssd-jax run` and `ssd-jax baselines` end to end on a tiny model: the run folder, round chaining, skip on rerun."""
+
+import json
+import time
+
+import pytest
+import yaml
+
+from ssd_jax.cli import main
+from tests import tiny
+from tests.data.test_problems import lcb_row
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    model = tiny.save_tiny_chat_model("qwen3_tied", root / "model")
+    pool = root / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Print {i} plus one."}) + "\n" for i in range(8)))
+    lcb = root / "lcb"
+    lcb.mkdir()
+    (lcb / "test.jsonl").write_text("".join(json.dumps(lcb_row(q, "2025-03-01", "[]", difficulty=d)) + "\n"
+                                            for q, d in [("e1", "easy"), ("m1", "medium")]))
+    small = {"batch_size": 4, "max_prompt_len": 1024, "progress": False}
+    cfg = {
+        "name": "tiny", "rounds": 2, "model": {"path": str(model)}, "mesh": {"fsdp": 2, "tensor": 4},
+        "sample": {"problems": {"kind": "jsonl", "path": str(pool)},
+                   "decode": {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "max_tokens": 24}, **small},
+        "filter": {"preset": "released"},
+        "train": {"data": {"seq_len": 1024, "packing_bins": 4}, "optim": {"warmup_steps": 1, "total_steps": 2,
+                  "peak_lr": 1e-3, "floor_lr": 1e-4}, "global_batch": 2, "checkpoint_every": 1,
+                  "export_dtype": "float32", "progress": False, "tensorboard": False},
+        "eval": {"problems": {"kind": "lcb", "path": str(lcb)}, "decode": {"preset": "greedy", "n": 2,
+                 "max_tokens": 12}, "ks": [1, 2], **small},
+    }
+    path = root / "run.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return root, path
+
+
+def test_run_two_rounds_then_rerun_skips(setup, capsys):
+    root, cfg = setup
+    out = root / "run"
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}"]) == 0
+    man = json.loads((out / "manifest.json").read_text())
+    stages = man["stages"]
+    assert {k for k, v in stages.items() if v["status"] == "done"} == {
+        "base-eval", "round-1/sample", "round-1/filter", "round-1/train", "round-1/eval",
+        "round-2/sample", "round-2/filter", "round-2/train", "round-2/eval"}
+    assert man["versions"]["jax"] and man["git_commit"]
+    for r in (1, 2):
+        for f in ("samples.jsonl", "filtered.jsonl", "verdicts.jsonl", "filter_stats.json", "train/export/config.json",
+                  "eval/metrics.json", "eval/graded.jsonl", "eval/lcb_output.json"):
+            assert (out / f"round-{r}" / f).exists(), (r, f)
+    r2 = [json.loads(x) for x in (out / "round-2" / "samples.jsonl").read_text().splitlines()]
+    assert r2[0]["model"] == str(out / "round-1" / "train" / "export") and r2[0]["round"] == 2
+    stats = json.loads((out / "round-1" / "filter_stats.json").read_text())
+    assert stats["rules"]["shortest_fraction"] == 0.1  # the released preset
+    metrics = json.loads((out / "round-2" / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == str(out / "round-2" / "train" / "export") and metrics["n_samples_per_problem"] == 2
+    # Rerun: every stage is complete, nothing is redone.
+    before = {k: v["time"] for k, v in stages.items()}
+    t = time.time()
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}"]) == 0
+    after = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {k: v["time"] for k, v in after.items() if k != "base-eval"} == \
+        {k: v for k, v in before.items() if k != "base-eval"}
+    assert time.time() - t < 60
+
+
+def test_baselines_table(setup, capsys):
+    root, cfg = setup
+    ev = yaml.safe_load(cfg.read_text())["eval"]
+    ev["model"] = {"path": yaml.safe_load(cfg.read_text())["model"]["path"]}
+    ev["decode"] = {"n": 1, "max_tokens": 6}
+    ev["mesh"] = {"fsdp": 2, "tensor": 4}  # this test process has 8 fake devices
+    path = root / "eval.yaml"
+    path.write_text(yaml.safe_dump(ev))
+    out = root / "baselines"
+    capsys.readouterr()
+    assert main(["baselines", "--config", str(path), "--model-preset", "qwen3-4b-instruct-2507", "--temps", "0.5",
+                 "--ssd-model", ev["model"]["path"], "--out", str(out), "--set", "ks=[1]"]) == 0
+    rows = json.loads((out / "baselines.json").read_text())
+    assert [r["setting"] for r in rows] == [
+        "base @ base-eval (Table 4)", "base @ T=0.5, eval truncation",
+        "base @ training truncation (T=1.6, k=20, p=0.8)",
+        "base @ matched T_eff=1.76 (T_train×T_eval), eval truncation", "SSD @ eval (Table 3)"]
+    assert rows[1]["decode"]["temperature"] == 0.5 and rows[1]["decode"]["top_k"] == 20
+    assert rows[3]["decode"]["temperature"] == pytest.approx(1.76)
+    table = (out / "baselines.md").read_text()
+    assert table.count("\n") == 2 + len(rows) and "easy pass@1" in table
