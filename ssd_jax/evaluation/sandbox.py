@@ -131,26 +131,31 @@ def _world_traversable(path: str) -> bool:
     return True
 
 
-def _hide_home(python: str) -> list[str]:
-    """Hide the caller's home (credentials live there) but re-expose the interpreter if it lives under it, with
-    world-readable mount-point directories so that "nobody" can still import the standard library."""
-    home = os.path.realpath(os.path.expanduser("~"))
-    if home in ("/", "") or not os.path.isdir(home):
-        return []
-    args = ["--perms", "0755", "--tmpfs", home]
+def _rebind_under(root: str, python: str) -> list[str]:
+    """After `root` was replaced by an empty tmpfs, bind the interpreter's own directories under it back read-only
+    (a venv in /tmp, a pyenv under the home), with world-readable mount points so "nobody" can import."""
+    args: list[str] = []
     made: set[str] = set()
-    dirs = sorted(p for p in _interpreter_dirs(python) if p.startswith(home + os.sep))
+    dirs = sorted(p for p in _interpreter_dirs(python) if p.startswith(root.rstrip(os.sep) + os.sep))
     for p in dirs:
         if any(p.startswith(q + os.sep) for q in dirs):
             continue  # inside a directory bound already
-        parts = os.path.relpath(p, home).split(os.sep)
+        parts = os.path.relpath(p, root).split(os.sep)
         for i in range(1, len(parts)):
-            d = os.path.join(home, *parts[:i])
+            d = os.path.join(root, *parts[:i])
             if d not in made:
                 made.add(d)
                 args += ["--perms", "0755", "--dir", d]
         args += ["--ro-bind", p, p]
     return args
+
+
+def _hide_home(python: str) -> list[str]:
+    """Hide the caller's home (credentials live there) but re-expose the interpreter if it lives under it."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    if home in ("/", "") or not os.path.isdir(home):
+        return []
+    return ["--perms", "0755", "--tmpfs", home, *_rebind_under(home, python)]
 
 
 def bwrap_support(python: str | None = None, drop_root: bool = True) -> _Bwrap | None:
@@ -177,7 +182,8 @@ def bwrap_support(python: str | None = None, drop_root: bool = True) -> _Bwrap |
                      ([], False, None)]
         for extra, userns, drop in variants:
             for sized in (True, False):
-                tmp = (["--size", str(256 << 20)] if sized else []) + ["--perms", "1777", "--tmpfs", "/tmp"]
+                tmp = (["--size", str(256 << 20)] if sized else []) + ["--perms", "1777", "--tmpfs", "/tmp",
+                                                                        *_rebind_under("/tmp", python)]
                 cand = _Bwrap((exe, *extra, *common, *tmp, *_hide_home(python)), userns, drop)
                 if _probe(cand, python):
                     found = cand

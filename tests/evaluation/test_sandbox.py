@@ -176,7 +176,7 @@ def test_writes_outside_the_work_dir_fail_or_stay_private_under_bwrap(tmp_path):
                 except OSError as e:
                     print("refused", path, type(e).__name__)
         """), isolation="bwrap")
-        assert f"refused {repo_target} OSError" in r.stdout  # read-only bind of /
+        assert f"refused {repo_target}" in r.stdout  # read-only bind of / (or hidden, when the repo is in /tmp)
         assert f"refused {host_tmp_target}" in r.stdout  # the host /tmp is not even mounted
         assert f"wrote {private}" in r.stdout  # the sandbox's /tmp is a private tmpfs ...
         assert not repo_target.exists() and not host_tmp_target.exists()
