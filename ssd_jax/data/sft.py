@@ -11,7 +11,6 @@ Examples longer than `seq_len` are truncated or dropped (config `too_long`), and
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import grain.experimental as gx
 import numpy as np
 
 from ssd_jax.config import SFTDataConfig
+from ssd_jax.data.problems import read_jsonl
 from ssd_jax.errors import UserError
 
 FEATURES = ("inputs", "targets", "weights")
@@ -49,23 +49,16 @@ def read_sft_jsonl(path: str | os.PathLike) -> list[dict]:
     if not p.exists():
         raise UserError(f"{p}: SFT data file does not exist")
     records = []
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError as e:
-                raise UserError(f"{p}:{i}: not valid JSON ({e.msg})") from None
-            msgs = rec.get("messages") if isinstance(rec, dict) else None
-            if not isinstance(msgs, list) or not msgs:
-                raise UserError(f"{p}:{i}: expected an object with a non-empty list 'messages'")
-            for j, m in enumerate(msgs):
-                if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
-                    raise UserError(f"{p}:{i}: messages[{j}] must be an object with string 'role' and 'content'")
-            if msgs[-1]["role"] != "assistant":
-                raise UserError(f"{p}:{i}: the last message must have role 'assistant' (the trained response)")
-            records.append(rec)
+    for i, rec in read_jsonl(p):
+        msgs = rec.get("messages") if isinstance(rec, dict) else None
+        if not isinstance(msgs, list) or not msgs:
+            raise UserError(f"{p}:{i}: expected an object with a non-empty list 'messages'")
+        for j, m in enumerate(msgs):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise UserError(f"{p}:{i}: messages[{j}] must be an object with string 'role' and 'content'")
+        if msgs[-1]["role"] != "assistant":
+            raise UserError(f"{p}:{i}: the last message must have role 'assistant' (the trained response)")
+        records.append(rec)
     if not records:
         raise UserError(f"{p}: no SFT examples (the file is empty)")
     return records
