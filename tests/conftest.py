@@ -25,3 +25,16 @@ def tiny_dir(tmp_path_factory):
         return cache[name]
 
     return get
+
+
+@pytest.fixture
+def cli(capsys):
+    """cli(argv) → (exit code, stderr stripped) of `ssd-jax argv`, with earlier output discarded."""
+    from ssd_jax.cli import main
+
+    def run(argv):
+        capsys.readouterr()
+        code = main(argv)
+        return code, capsys.readouterr().err.strip()
+
+    return run

@@ -11,6 +11,7 @@ written here directly so that bf16/fp8 checkpoints need neither torch nor a full
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -164,6 +165,7 @@ class Checkpoint:
 # ----------------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
 def _template_regex(template: str) -> re.Pattern:
     parts = re.split(r"(\{\w+\})", template)
     return re.compile("".join(f"(?P<{p[1:-1]}>\\d+)" if p.startswith("{") else re.escape(p) for p in parts) + "$")

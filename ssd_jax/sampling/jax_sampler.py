@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +41,6 @@ class Completion:
     finish_reason: str  # stop (EOS or stop string) | length | prompt_too_long
     logprobs: list[float] | None = None
     prompt_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 @functools.partial(nnx.jit, static_argnames=("cache_len",))

@@ -6,6 +6,7 @@ outcome *and* that the result says "rlimits" without "bwrap", so a score never h
 """
 
 import os
+import shutil
 import socket
 import textwrap
 import time
@@ -20,6 +21,18 @@ from ssd_jax.evaluation.sandbox import WorkerPool, bwrap_support, run_python
 HAVE_BWRAP = bwrap_support() is not None
 # Forcing isolation="rlimits" as root warns once (by design); the tests do it on purpose.
 pytestmark = pytest.mark.filterwarnings("ignore:sandbox. untrusted code runs as root")
+
+def test_bubblewrap_runs_where_ci_requires_it():
+    """The bwrap-only tests below skip where bubblewrap cannot run (a real condition on a developer machine). CI
+    installs bubblewrap and sets SSD_REQUIRE_BWRAP=1, so there a broken bwrap set-up fails here instead of turning
+    those tests into silent skips (this once hid a venv under /tmp being invisible inside the sandbox)."""
+    if os.environ.get("SSD_REQUIRE_BWRAP") == "1":
+        assert HAVE_BWRAP, "SSD_REQUIRE_BWRAP=1 but bubblewrap cannot run the sandbox here"
+    else:
+        assert HAVE_BWRAP or shutil.which("bwrap") is None or os.geteuid() != 0, \
+            "bwrap is installed and we are root, yet no bubblewrap set-up runs: the sandbox is misconfigured"
+
+
 ISOLATIONS = [pytest.param("bwrap", marks=pytest.mark.skipif(not HAVE_BWRAP, reason="bubblewrap cannot run here")),
               "rlimits"]
 

@@ -11,7 +11,6 @@ import time
 import pytest
 import yaml
 
-from ssd_jax.cli import main
 from tests import tiny
 
 N = 64
@@ -72,24 +71,19 @@ def test_kill_then_rerun_gives_one_sample_per_problem(setup):
                                  "preset": "qwen3-30b-a3b-instruct-2507/train"}
 
 
-def _err(capsys, argv):
-    capsys.readouterr()
-    code = main(argv)
-    return code, capsys.readouterr().err.strip()
 
-
-def test_bad_inputs(setup, tmp_path, capsys):
+def test_bad_inputs(setup, tmp_path, cli):
     root, cfg = setup
-    code, err = _err(capsys, ["sample", "--config", str(cfg), "--set", "decode.preset=nonsense/train"])
+    code, err = cli(["sample", "--config", str(cfg), "--set", "decode.preset=nonsense/train"])
     assert code == 2 and "decode preset 'nonsense/train' is unknown" in err
     bad = tmp_path / "p.jsonl"
     bad.write_text('{"id": "a", "question": "q"}\n{"id": "b", "question": 3}\n')
-    code, err = _err(capsys, ["sample", "--config", str(cfg), "--set", f"problems.path={bad}"])
+    code, err = cli(["sample", "--config", str(cfg), "--set", f"problems.path={bad}"])
     assert code == 2 and "p.jsonl:2: missing string field 'question'" in err
-    code, err = _err(capsys, ["sample", "--config", str(cfg), "--set", "problems.kind=apps"])
+    code, err = cli(["sample", "--config", str(cfg), "--set", "problems.kind=apps"])
     assert code == 2 and "problems.kind: 'apps' is not one of" in err
     samples = tmp_path / "s.jsonl"
     samples.write_text('{"not": "a sample"}\n')
-    code, err = _err(capsys, ["sample", "--config", str(cfg), "--set", f"out={samples}",
+    code, err = cli(["sample", "--config", str(cfg), "--set", f"out={samples}",
                               "--set", "mesh.fsdp=-1"])
     assert code == 2 and "s.jsonl:1: not a sample record" in err

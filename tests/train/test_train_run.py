@@ -120,6 +120,7 @@ def test_resume_onto_another_mesh_shape(setup, reference_run):
     assert "resumed from step 12" in out
     summary = json.loads((c / "train_summary.json").read_text())
     assert summary["mesh"] == {"data": 1, "fsdp": 2, "tensor": 2, "expert": 1}
+    assert [r["step"] for r in metrics(c)] == list(range(1, TOTAL + 1))
     for ra, rc in zip(metrics(reference_run)[12:], metrics(c)[12:]):
         assert ra["batch_crc32"] == rc["batch_crc32"]
         assert abs(ra["loss"] - rc["loss"]) <= 1e-5 * ra["loss"], (ra["step"], ra["loss"], rc["loss"])
@@ -151,34 +152,29 @@ def test_export_command_for_an_intermediate_step(reference_run, tmp_path, capsys
     assert "not a training run folder" in capsys.readouterr().err
 
 
-def _err(capsys, argv):
-    capsys.readouterr()
-    code = main(argv)
-    return code, capsys.readouterr().err.strip()
 
-
-def test_bad_config_key_and_values(setup, tmp_path, capsys):
+def test_bad_config_key_and_values(setup, tmp_path, cli):
     _, cfg = setup
-    code, err = _err(capsys, ["train", "--config", str(cfg), "--set", "optim.peak_learning_rate=1"])
+    code, err = cli(["train", "--config", str(cfg), "--set", "optim.peak_learning_rate=1"])
     assert code == 2 and "optim: unknown key 'peak_learning_rate'" in err and str(cfg) in err
-    code, err = _err(capsys, ["train", "--config", str(cfg), "--set", "data.too_long=explode"])
+    code, err = cli(["train", "--config", str(cfg), "--set", "data.too_long=explode"])
     assert code == 2 and "data.too_long: 'explode' is not one of 'truncate' | 'drop'" in err
-    code, err = _err(capsys, ["train", "--config", str(cfg), "--set", "global_batch=3"])
+    code, err = cli(["train", "--config", str(cfg), "--set", "global_batch=3"])
     assert code == 2 and "multiple of micro_batch=2" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {path: x\n")
-    code, err = _err(capsys, ["train", "--config", str(bad)])
+    code, err = cli(["train", "--config", str(bad)])
     assert code == 2 and "not valid YAML" in err and str(bad) in err
 
 
-def test_empty_dataset_and_missing_model(setup, tmp_path, capsys):
+def test_empty_dataset_and_missing_model(setup, tmp_path, cli):
     _, cfg = setup
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     in_process = ["--set", "mesh.tensor=8"]  # this test process has 8 fake devices
-    code, err = _err(capsys, ["train", "--config", str(cfg), "--set", f"data.train_file={empty}",
+    code, err = cli(["train", "--config", str(cfg), "--set", f"data.train_file={empty}",
                               "--set", f"out_dir={tmp_path / 'o'}", *in_process])
     assert code == 2 and "no SFT examples" in err
-    code, err = _err(capsys, ["train", "--config", str(cfg), "--set", f"model.path={tmp_path / 'nomodel'}",
+    code, err = cli(["train", "--config", str(cfg), "--set", f"model.path={tmp_path / 'nomodel'}",
                               "--set", f"out_dir={tmp_path / 'o2'}", *in_process])
     assert code == 2 and "nomodel" in err
