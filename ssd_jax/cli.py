@@ -174,6 +174,9 @@ def _config_args(p: argparse.ArgumentParser, what: str, required: bool = False) 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssd-jax", description=__doc__.splitlines()[0])
+    p.add_argument("--compilation-cache", metavar="DIR|off",
+                   help="persistent XLA compilation cache (default $SSD_JAX_COMPILATION_CACHE, else "
+                        "~/.cache/ssd-jax/xla; 'off' disables it)")
     sub = p.add_subparsers(dest="command", required=True)
 
     q = sub.add_parser("parity", help="compare JAX and PyTorch/HF logits on the same padded batch")
@@ -247,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command != "bundle":
+            from ssd_jax import compilation_cache
+
+            compilation_cache.enable(args.compilation_cache)
         return args.fn(args)
     except UserError as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)

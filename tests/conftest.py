@@ -7,6 +7,8 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process CLI calls would otherwise fill ~/.cache/ssd-jax; the cache's own test sets a folder of its own.
+os.environ.setdefault("SSD_JAX_COMPILATION_CACHE", "off")
 
 import pytest  # noqa: E402
 
