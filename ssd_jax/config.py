@@ -28,8 +28,22 @@ class ModelSpec:
     path: str = ""  # HF directory (or "bundled:smollm2-135m")
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
-    remat: bool = False
-    moe_impl: Literal["ragged", "dense"] = "ragged"
+    # The rest are ModelConfig run-time options of the same names (ModelConfig.with_options).
+    remat: Literal["none", "full", "save_dots"] = "none"  # per-layer rematerialisation in the backward pass
+    scan_layers: bool = True  # false unrolls the layer loop: same parameters, L layer bodies to compile
+    # auto: fused Pallas flash attention on GPU, blockwise (flash-style, pure JAX) for long rows and KV-cache decode
+    # on GPU/TPU, the einsum reference for short rows on CPU. All honour packed segment ids.
+    attention_impl: Literal["auto", "einsum", "blockwise", "cudnn", "pallas"] = "auto"
+    # sharded: routing + grouped GEMM on each device's own tokens, all-to-all to the experts' owners when the mesh
+    # has `expert` > 1; ragged: global sort + ragged_dot (reference); dense: every expert on every token (reference).
+    moe_impl: Literal["sharded", "ragged", "dense"] = "sharded"
+    moe_dispatch: Literal["auto", "ragged", "padded"] = "auto"  # auto: ragged_all_to_all on GPU/TPU, padded on CPU
+    moe_capacity_factor: float = 0.0  # 0: no token is ever dropped; >0 caps each exchange (drops are counted)
+
+    def run_options(self) -> dict[str, Any]:
+        """Everything but which checkpoint and its dtypes, keyed as ModelConfig.with_options expects."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if f.name not in ("path", "dtype", "param_dtype")}
 
 
 @dataclass
@@ -86,8 +100,13 @@ class TrainConfig:
     keep_checkpoints: int = 3
     async_checkpointing: bool = True
     export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    chunk_tokens: int = 2048  # tokens per chunk of the LM-head + cross-entropy (never builds B×T×V logits)
+    # Sequence positions per chunk of the LM head + cross-entropy, for every row of the micro-batch at once
+    # (never builds B×T×V logits; per device the chunk holds rows-per-device × chunk_tokens × vocab fp32 logits).
+    chunk_tokens: int = 2048
     peak_tflops: float = 0.0  # per device, for the MFU estimate; 0 = look up the device kind
+    # MoE router load-balancing loss weight (HF's router_aux_loss_coef; Megatron-Bridge's Qwen3-MoE recipes use
+    # 1e-3). 0 = the paper's plain cross-entropy SFT.
+    moe_aux_loss_coef: float = 0.0
     tensorboard: bool = True
     progress: bool = True
 

@@ -12,6 +12,7 @@ written here directly so that bf16/fp8 checkpoints need neither torch nor a full
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import os
@@ -156,6 +157,9 @@ class Checkpoint:
     def get(self, key: str) -> np.ndarray:
         return self.files[self.where[key]].get(key)
 
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.files[self.where[key]].entries[key]["shape"])
+
     def file_of(self, key: str) -> Path:
         return self.dir / self.where[key]
 
@@ -173,9 +177,12 @@ def _template_regex(template: str) -> re.Pattern:
 
 @dataclass(frozen=True)
 class KeyRule:
+    """One line of a family's key map. `{layer}` in the JAX template is a position in a layer stack (the JAX
+    parameter is stacked over layers); `{expert}` in the HF template is an index along the stacked expert axis."""
+
     hf: str
     jax: str
-    kind: str  # same | flat | linear | linear_in2 | expert_linear
+    kind: str  # same | flat | linear | linear_in2
 
     @property
     def hf_re(self) -> re.Pattern:
@@ -185,23 +192,27 @@ class KeyRule:
     def jax_re(self) -> re.Pattern:
         return _template_regex(self.jax)
 
+    def stack_dims(self) -> tuple[str, ...]:
+        """Names of the leading JAX axes that index separate HF tensors, outermost first."""
+        return tuple(name for name, where in (("layer", self.jax), ("expert", self.hf)) if f"{{{name}}}" in where)
+
     def n_in(self) -> int:
         return 2 if self.kind == "linear_in2" else 1
 
-    def hf_shape(self, jax_shape: tuple[int, ...]) -> tuple[int, ...]:
-        """Shape of the HF tensor (per expert for `expert_linear`) that fills a JAX parameter of `jax_shape`."""
+    def hf_shape(self, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """Shape of the HF tensor that fills one (unstacked) JAX slice of `shape`."""
         if self.kind == "same":
-            return tuple(jax_shape)
+            return tuple(shape)
         if self.kind == "flat":
-            return (math.prod(jax_shape),)
-        shape = jax_shape[1:] if self.kind == "expert_linear" else jax_shape
+            return (math.prod(shape),)
         n = self.n_in()
         return (math.prod(shape[n:]), math.prod(shape[:n]))
 
-    def to_jax(self, t: np.ndarray, jax_shape: tuple[int, ...]) -> np.ndarray:
+    def to_jax(self, t: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        """HF tensor → JAX layout. Only transposes and splits axes, so a memory-mapped tensor stays a view and a
+        caller can slice out one device's shard before anything is copied."""
         if self.kind in ("same", "flat"):
-            return t.reshape(jax_shape)
-        shape = jax_shape[1:] if self.kind == "expert_linear" else jax_shape
+            return t.reshape(shape)
         return t.T.reshape(shape)
 
     def to_hf(self, a: np.ndarray) -> np.ndarray:
@@ -223,13 +234,21 @@ def key_rules(family) -> list[KeyRule]:
     return rules
 
 
-def _match_hf(rules: list[KeyRule], key: str) -> tuple[KeyRule, str, int | None] | None:
+def _match_hf(cfg: ModelConfig, rules: list[KeyRule], key: str) -> tuple[KeyRule, str, tuple[int, ...]] | None:
+    """(rule, JAX parameter path, index along its stack axes) of an HF key."""
     for rule in rules:
         m = rule.hf_re.match(key)
         if m:
-            groups = m.groupdict()
-            expert = int(groups.pop("expert")) if "expert" in groups else None
-            return rule, rule.jax.format(**groups), expert
+            groups = {k: int(v) for k, v in m.groupdict().items()}
+            index = []
+            if "layer" in groups:
+                if not 0 <= groups["layer"] < cfg.num_layers:
+                    return rule, f"<layer {groups['layer']}>", ()
+                groups["layer"], i = cfg.layer_slot(groups["layer"])
+                index.append(i)
+            if "expert" in groups:
+                index.append(groups.pop("expert"))
+            return rule, rule.jax.format(**groups), tuple(index)
     return None
 
 
@@ -237,8 +256,20 @@ def _match_jax(rules: list[KeyRule], path: str) -> tuple[KeyRule, dict] | None:
     for rule in rules:
         m = rule.jax_re.match(path)
         if m:
-            return rule, m.groupdict()
+            return rule, {k: int(v) for k, v in m.groupdict().items()}
     return None
+
+
+def _hf_slots(cfg: ModelConfig, rule: KeyRule, groups: dict, shape: tuple[int, ...]) -> list[tuple[str, tuple]]:
+    """(HF key, stack index) for every HF tensor that fills the JAX parameter `rule.jax.format(**groups)`."""
+    dims = rule.stack_dims()
+    out = []
+    for index in itertools.product(*(range(n) for n in shape[: len(dims)])):
+        names = dict(zip(dims, index))
+        if "layer" in names:
+            names["layer"] += cfg.stack_start(groups["layer"])
+        out.append((rule.hf.format(**{**groups, **names}), index))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -270,8 +301,10 @@ def read_hf_config(path: str | os.PathLike) -> dict:
 
 
 def model_config(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None,
-                 moe_impl: str = "ragged") -> ModelConfig:
-    """Read an HF directory's config.json into a ModelConfig (defaults resolved by transformers' config class)."""
+                 **options) -> ModelConfig:
+    """Read an HF directory's config.json into a ModelConfig (defaults resolved by transformers' config class).
+
+    `param_dtype` defaults to `dtype`; `options` are ModelConfig.with_options run-time settings (remat, moe_impl…)."""
     import transformers
 
     raw = read_hf_config(path)
@@ -281,12 +314,11 @@ def model_config(path: str | os.PathLike, *, dtype: str = "float32", param_dtype
     except (ValueError, TypeError, KeyError) as e:
         raise CheckpointError(f"{Path(path) / 'config.json'}: transformers cannot read it ({e})") from None
     try:
-        kw = {"moe_impl": moe_impl} if family.__name__.endswith("qwen3_moe") else {}
-        cfg = family.config_from_hf(hf_cfg, **kw)
+        cfg = family.config_from_hf(hf_cfg)
     except (AttributeError, KeyError) as e:
         raise CheckpointError(f"{Path(path) / 'config.json'}: missing key {e}") from None
-    return replace(cfg, hf_config=raw, source_dir=str(Path(path).resolve()), dtype=dtype,
-                   param_dtype=param_dtype or dtype)
+    cfg = replace(cfg, hf_config=raw, source_dir=str(Path(path).resolve()))
+    return cfg.with_options(dtype=dtype, param_dtype=param_dtype or dtype, **options)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -294,72 +326,78 @@ def model_config(path: str | os.PathLike, *, dtype: str = "float32", param_dtype
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def load(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None, mesh=None,
-         moe_impl: str = "ragged") -> CausalLM:
-    """Build the NNX model of an HF directory, each parameter placed on its sharding (or the default device)."""
+def load(path: str | os.PathLike, *, mesh=None, **options) -> CausalLM:
+    """Build the NNX model of an HF directory, each parameter placed on its sharding (or the default device).
+
+    Each device's shard is assembled straight from the memory-mapped HF tensors, so the host holds one shard at a
+    time, never a whole stacked parameter (48 layers × 128 experts of Qwen3-30B-A3B would be 39 GB in fp32)."""
     d = Path(path)
-    cfg = model_config(d, dtype=dtype, param_dtype=param_dtype, moe_impl=moe_impl)
+    cfg = model_config(d, **options)
     ckpt = Checkpoint(d)
     rules = key_rules(family_for(cfg.architecture))
 
-    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0), mesh=mesh))
     graphdef, state = nnx.split(abstract)
     flat = dict(nnx.to_flat_state(state))
     targets = {path_str(p): p for p in flat}
 
-    # Plan: which HF tensors fill which parameter.
-    sources: dict[str, list[tuple[str, KeyRule, int | None]]] = {k: [] for k in targets}
+    # Plan: which HF tensor fills which slice of which parameter.
+    sources: dict[str, dict[tuple, str]] = {k: {} for k in targets}
     for key in ckpt.keys():
         if IGNORED_KEYS.search(key):
             continue
-        hit = _match_hf(rules, key)
+        hit = _match_hf(cfg, rules, key)
         if hit is None:
             raise CheckpointError(f"{ckpt.file_of(key)}: tensor {key!r} matches no {cfg.architecture} key rule")
-        rule, jax_path, expert = hit
+        rule, jax_path, index = hit
         if jax_path not in targets:
             if key == "lm_head.weight" and cfg.tie_word_embeddings:
                 continue  # tied checkpoints may still carry a copy of the embedding; HF ignores it too
             raise CheckpointError(
                 f"{ckpt.file_of(key)}: tensor {key!r} has no place in this model "
-                f"(config.json describes a {cfg.architecture} without parameter {jax_path})"
+                f"(config.json describes a {cfg.architecture} without a slot for it at {jax_path})"
             )
-        sources[jax_path].append((key, rule, expert))
-
-    for jax_path, src in sources.items():
-        hit = _match_jax(rules, jax_path)
         shape = flat[targets[jax_path]].get_value().shape
-        expected = _hf_keys(hit[0], hit[1], shape) if hit else []
-        missing = sorted(set(expected) - {k for k, _, _ in src}, key=_natural)
-        if missing:
-            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise CheckpointError(f"{d}: checkpoint is missing tensor {missing[0]!r}{more} for parameter {jax_path}")
+        want = rule.hf_shape(shape[len(index):])
+        if ckpt.shape(key) != want:
+            raise CheckpointError(
+                f"{ckpt.file_of(key)}: tensor {key!r} has shape {ckpt.shape(key)}, expected {want} from config.json"
+            )
+        sources[jax_path][index] = key
 
     np_param_dtype = np.dtype(jnp.dtype(cfg.param_dtype))
     for jax_path, src in sources.items():
         var = flat[targets[jax_path]]
         shape = tuple(var.get_value().shape)
-        buf = np.empty(shape, np_param_dtype) if src[0][1].kind == "expert_linear" else None
-        for key, rule, expert in src:
-            t = ckpt.get(key)
-            want = rule.hf_shape(shape)
-            if tuple(t.shape) != want:
-                raise CheckpointError(
-                    f"{ckpt.file_of(key)}: tensor {key!r} has shape {tuple(t.shape)}, expected {want} from config.json"
-                )
-            if buf is not None:
-                buf[expert] = rule.to_jax(t, shape)
-            else:
-                buf = rule.to_jax(t, shape).astype(np_param_dtype)
-        sharding = param_sharding(jax_path, shape, mesh)
-        host = buf
-        var.set_value(jax.make_array_from_callback(shape, sharding, lambda idx, h=host: h[idx]))
-        del buf, host
+        hit = _match_jax(rules, jax_path)
+        expected = _hf_slots(cfg, *hit, shape) if hit else []
+        missing = [k for k, index in expected if index not in src]
+        if missing or not expected:
+            more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+            what = repr(missing[0]) + more if missing else "(no key rule)"
+            raise CheckpointError(f"{d}: checkpoint is missing tensor {what} for parameter {jax_path}")
+        build = functools.partial(_build_shard, ckpt, src, hit[0], shape, np_param_dtype)
+        var.set_value(jax.make_array_from_callback(shape, param_sharding(jax_path, shape, mesh), build))
     return nnx.merge(graphdef, nnx.from_flat_state(list(flat.items())))
+
+
+def _build_shard(ckpt: "Checkpoint", src: dict[tuple, str], rule: KeyRule, shape: tuple[int, ...], dtype: np.dtype,
+                 idx: tuple) -> np.ndarray:
+    """One device's slice `idx` of a parameter, read tensor by tensor from the checkpoint."""
+    idx = tuple(idx) + (slice(None),) * (len(shape) - len(idx))
+    lead = len(rule.stack_dims())
+    ranges = [range(*idx[j].indices(shape[j])) for j in range(lead)]
+    rest = idx[lead:]
+    out = np.empty(tuple(len(r) for r in ranges) + tuple(len(range(*s.indices(n))) for s, n in zip(rest, shape[lead:])),
+                   dtype)
+    for pos, index in zip(itertools.product(*(range(len(r)) for r in ranges)), itertools.product(*ranges)):
+        out[pos] = rule.to_jax(ckpt.get(src[index]), shape[lead:])[rest]
+    return out
 
 
 def empty_model(cfg: ModelConfig, mesh=None) -> CausalLM:
     """A model of zeros placed on its shardings: a restore target that costs no checkpoint I/O."""
-    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0), mesh=mesh))
     graphdef, state = nnx.split(abstract)
     flat = []
     for p, v in nnx.to_flat_state(state):
@@ -370,12 +408,6 @@ def empty_model(cfg: ModelConfig, mesh=None) -> CausalLM:
 
 def _natural(s: str):
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
-
-
-def _hf_keys(rule: KeyRule, groups: dict, shape: tuple[int, ...]) -> list[str]:
-    if rule.kind == "expert_linear":
-        return [rule.hf.format(expert=e, **groups) for e in range(shape[0])]
-    return [rule.hf.format(**groups)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -393,24 +425,29 @@ def to_host(x: jax.Array) -> np.ndarray:
 
 
 def hf_tensors(model: CausalLM, dtype: str | None = None) -> Iterator[tuple[str, np.ndarray]]:
-    """(HF key, tensor) for every parameter, in HF naming and layout, one parameter on the host at a time."""
+    """(HF key, tensor) for every parameter, in HF naming and layout, layer by layer. A stacked parameter comes to
+    the host one layer slice at a time (all of its experts at once)."""
     cfg = model.cfg
     rules = key_rules(family_for(cfg.architecture))
     out_dtype = np.dtype(jnp.dtype(dtype)) if dtype else None
-    for path, var in sorted(nnx.to_flat_state(nnx.state(model, nnx.Param)), key=lambda pv: _natural(path_str(pv[0]))):
+    plan = []  # (HF layer or -1, JAX path, HF key, rule, stack index, value)
+    for path, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
         jax_path = path_str(path)
         hit = _match_jax(rules, jax_path)
         if hit is None:
             raise KeyError(f"parameter {jax_path} has no HF key rule")
-        rule, groups = hit
-        a = to_host(var.get_value())
-        if out_dtype is not None:
-            a = a.astype(out_dtype)
-        if rule.kind == "expert_linear":
-            for e in range(a.shape[0]):
-                yield rule.hf.format(expert=e, **groups), rule.to_hf(a[e])
-        else:
-            yield rule.hf.format(**groups), rule.to_hf(a)
+        value = var.get_value()
+        for key, index in _hf_slots(cfg, *hit, value.shape):
+            layer = cfg.stack_start(hit[1]["layer"]) + index[0] if "layer" in hit[1] else -1
+            plan.append((layer, _natural(jax_path), key, hit[0], index, value))
+    cached: tuple = (None, None)
+    for layer, jax_path, key, rule, index, value in sorted(plan, key=lambda p: (p[0], p[1], p[4])):
+        whole = (jax_path, index[:1])
+        if cached[0] != whole:  # one device-to-host copy per parameter and layer
+            a = to_host(value[index[0]] if index else value)
+            cached = (whole, a.astype(out_dtype) if out_dtype is not None else a)
+        a = cached[1]
+        yield key, rule.to_hf(a[index[1:]] if len(index) > 1 else a)
 
 
 def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,

@@ -21,6 +21,8 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax.errors import CheckpointError
+from ssd_jax.models import moe
+from ssd_jax.models.attention import attend
 
 Array = jax.Array
 
@@ -106,33 +108,28 @@ class RMSNorm(nnx.Module):
 
 
 class KVCache(NamedTuple):
-    """Preallocated per-layer keys/values plus the slot bookkeeping the attention mask needs.
+    """Preallocated keys/values per layer stack plus the slot bookkeeping the attention mask needs.
 
-    `segment_ids[b, s]` is 0 for an empty or padding slot; `end` is the next slot to write (shared by the batch,
-    which is left-padded). Kept functional (passed in, returned) so decode loops can carry it through `lax` loops.
+    `k[s]`/`v[s]` hold stack `s`'s layers, (layers, B, S, kv_heads, head_dim). `segment_ids[b, s]` is 0 for an empty
+    or padding slot; `end` is the next slot to write (shared by the batch, which is left-padded). Kept functional
+    (passed in, returned) so decode loops can carry it through `lax` loops.
     """
 
-    k: tuple[Array, ...]  # per layer (B, S, kv_heads, head_dim)
+    k: tuple[Array, ...]
     v: tuple[Array, ...]
     segment_ids: Array  # (B, S) int32
     end: Array  # () int32
 
     @classmethod
-    def create(cls, num_layers: int, batch: int, max_len: int, kv_heads: int, head_dim: int, dtype) -> "KVCache":
-        zeros = lambda: jnp.zeros((batch, max_len, kv_heads, head_dim), dtype)  # noqa: E731
+    def create(cls, stack_sizes: list[int], batch: int, max_len: int, kv_heads: int, head_dim: int,
+               dtype) -> "KVCache":
+        zeros = lambda n: jnp.zeros((n, batch, max_len, kv_heads, head_dim), dtype)  # noqa: E731
         return cls(
-            k=tuple(zeros() for _ in range(num_layers)),
-            v=tuple(zeros() for _ in range(num_layers)),
+            k=tuple(zeros(n) for n in stack_sizes),
+            v=tuple(zeros(n) for n in stack_sizes),
             segment_ids=jnp.zeros((batch, max_len), jnp.int32),
             end=jnp.zeros((), jnp.int32),
         )
-
-
-def attention_mask(q_segment: Array, kv_segment: Array, q_slot: Array, kv_slot: Array) -> Array:
-    """(B, T, S) boolean: causal in slot order, same non-zero segment. Packing and padding share this one rule."""
-    same = (q_segment[:, :, None] == kv_segment[:, None, :]) & (kv_segment[:, None, :] != 0)
-    causal = kv_slot[None, None, :] <= q_slot[None, :, None]
-    return same & causal
 
 
 class Attention(nnx.Module):
@@ -156,16 +153,19 @@ class Attention(nnx.Module):
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
         self._inv_freq = tuple(float(f) for f in rope_inv_freq(cfg.rope, hd))
+        self.impl = cfg.attention_impl
 
     def __call__(
         self,
         x: Array,
         positions: Array,
         segment_ids: Array,
-        cache_kv: tuple[Array, Array, Array, Array] | None = None,
+        cache: tuple[Array, Array, Array, Array, Array] | None = None,
+        mesh=None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """x (B, T, D). With `cache_kv=(k, v, kv_segment_ids, end)` the new keys/values are written at slots
-        [end, end+T) and attention runs over the whole cache; returns the updated (k, v)."""
+        """x (B, T, D). With `cache=(k, v, layer, kv_segment_ids, end)` (k/v: the whole stack's cache) this layer's
+        new keys/values are written at [layer, :, end:end+T] and attention runs over that layer's cache; returns
+        the updated stack cache (k, v)."""
         dt = self.dtype
         x = x.astype(dt)
         q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt))
@@ -180,37 +180,22 @@ class Attention(nnx.Module):
         inv_freq = np.asarray(self._inv_freq, np.float32)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
-        t = x.shape[1]
-        if cache_kv is None:
+        if cache is None:
             keys, values, kv_segment, start = k, v, segment_ids, 0
             new_kv = None
         else:
-            ck, cv, kv_segment, start = cache_kv
-            keys = jax.lax.dynamic_update_slice_in_dim(ck, k.astype(ck.dtype), start, axis=1)
-            values = jax.lax.dynamic_update_slice_in_dim(cv, v.astype(cv.dtype), start, axis=1)
-            new_kv = (keys, values)
-        q_slot = start + jnp.arange(t)
-        kv_slot = jnp.arange(keys.shape[1])
-        mask = attention_mask(segment_ids, kv_segment, q_slot, kv_slot)
-        out = dot_product_attention(q, keys.astype(dt), values.astype(dt), mask, self.num_kv_heads)
+            ck, cv, layer, kv_segment, start = cache
+            zero = jnp.zeros((), jnp.int32)
+            at = (layer, zero, start, zero, zero)
+            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
+            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
+            keys, values = ck[layer], cv[layer]
+            new_kv = (ck, cv)
+        out = attend(q, keys.astype(dt), values.astype(dt), segment_ids, kv_segment, start, impl=self.impl, mesh=mesh)
         y = jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dt))
         if self.use_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, new_kv
-
-
-def dot_product_attention(q: Array, k: Array, v: Array, mask: Array, kv_heads: int) -> Array:
-    """Softmax attention in fp32 with GQA. q (B,T,H,hd), k/v (B,S,K,hd), mask (B,T,S) -> (B,T,H,hd).
-
-    Fully masked rows (padding queries) get a uniform softmax instead of NaN; their outputs are never used."""
-    b, t, h, hd = q.shape
-    g = h // kv_heads
-    qg = q.reshape(b, t, kv_heads, g, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(mask[:, None, None, :, :], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, hd)
 
 
 class MLP(nnx.Module):
@@ -244,47 +229,29 @@ class MLP(nnx.Module):
 class MoE(nnx.Module):
     """Top-k routed SwiGLU experts (Qwen3-MoE): softmax router in fp32 → top-k → optional renormalisation.
 
-    `impl="ragged"` sorts token-expert assignments by expert and runs `jax.lax.ragged_dot` (grouped GEMM on GPU/TPU,
-    work proportional to top-k); `impl="dense"` runs every expert on every token and weights by the sparse gates
-    (exact, E/k× the FLOPs; the simplest thing for tiny models and for GSPMD expert sharding).
+    `impl` (models/moe.py): "sharded" routes and runs grouped GEMMs on each device's own tokens under shard_map and
+    sends rows to the experts' owners when `expert` > 1 (the scalable path); "ragged" is the global sort +
+    `ragged_dot` reference; "dense" runs every expert on every token (exact, E/k× the FLOPs).
     """
 
     def __init__(self, cfg, rngs: nnx.Rngs):
         m, pd = cfg.moe, cfg.param_dtype
         d, e, f = cfg.hidden_size, m.num_experts, m.intermediate_size
-        self.dtype, self.top_k, self.norm_topk_prob, self.impl = cfg.dtype, m.top_k, m.norm_topk_prob, m.impl
-        self.num_experts = e
+        self.dtype, self.top_k, self.norm_topk_prob = cfg.dtype, m.top_k, m.norm_topk_prob
+        self.impl, self.dispatch, self.capacity_factor = m.impl, m.dispatch, m.capacity_factor
         self.router = nnx.Param(_init(rngs, (d, e), pd))
         self.experts_gate = nnx.Param(_init(rngs, (e, d, f), pd))
         self.experts_up = nnx.Param(_init(rngs, (e, d, f), pd))
         self.experts_down = nnx.Param(_init(rngs, (e, f, d), pd))
 
-    def route(self, x2: Array) -> tuple[Array, Array, Array]:
-        """x2 (N, D) -> router logits (N, E), top-k weights (N, k) in compute dtype, top-k expert ids (N, k)."""
-        logits = x2 @ self.router[...].astype(x2.dtype)
-        probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-        weights, idx = jax.lax.top_k(probs, self.top_k)
-        if self.norm_topk_prob:
-            weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
-        return logits, weights.astype(x2.dtype), idx
-
-    def __call__(self, x: Array) -> tuple[Array, Array]:
+    def __call__(self, x: Array, mesh=None, valid: Array | None = None) -> tuple[Array, moe.MoEStats]:
+        """x (B, T, D) → (y, stats); `valid` (B, T) marks real tokens for the stats (load-balancing loss)."""
         dt = self.dtype
-        b, t, d = x.shape
-        x2 = x.astype(dt).reshape(b * t, d)
-        logits, weights, idx = self.route(x2)
-        wg, wu, wd = (p[...].astype(dt) for p in (self.experts_gate, self.experts_up, self.experts_down))
+        args = (x.astype(dt), self.router[...]) + tuple(
+            p[...].astype(dt) for p in (self.experts_gate, self.experts_up, self.experts_down))
+        kw = dict(top_k=self.top_k, norm_topk_prob=self.norm_topk_prob, valid=valid)
         if self.impl == "dense":
-            combine = jnp.zeros((b * t, self.num_experts), dt).at[jnp.arange(b * t)[:, None], idx].add(weights)
-            h = jax.nn.silu(jnp.einsum("nd,edf->nef", x2, wg)) * jnp.einsum("nd,edf->nef", x2, wu)
-            y = jnp.einsum("nef,efd,ne->nd", h, wd, combine)
-        else:
-            flat_e = idx.reshape(-1)  # (N*k,)
-            order = jnp.argsort(flat_e, stable=True)
-            token = order // self.top_k
-            xs = x2[token]
-            sizes = jnp.bincount(flat_e, length=self.num_experts).astype(jnp.int32)
-            h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, sizes)) * jax.lax.ragged_dot(xs, wu, sizes)
-            ys = jax.lax.ragged_dot(h, wd, sizes) * weights.reshape(-1)[order][:, None]
-            y = jnp.zeros((b * t, d), dt).at[token].add(ys)
-        return y.reshape(b, t, d), logits
+            return moe.moe_dense(*args, **kw)
+        if self.impl == "ragged":
+            return moe.moe_ragged_global(*args, **kw)
+        return moe.moe_sharded(*args, mesh=mesh, dispatch=self.dispatch, capacity_factor=self.capacity_factor, **kw)

@@ -11,9 +11,11 @@ from ssd_jax.models.transformer import ModelConfig
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 
-# (HF key template, JAX param path template, transform). `{layer}` is matched as an integer on both sides;
-# transforms are defined in hf.py: "linear" transposes (out, in) → (in, out) then reshapes to the JAX shape,
-# "linear_in2" is the same for a kernel whose *input* spans two JAX axes (o_proj), "reshape" only reshapes.
+# (HF key template, JAX param path template, transform). `{layer}` is the HF layer index on the HF side; on the JAX
+# side it names the layer's stack, and the layer is a position along that parameter's leading axis (hf.py maps one
+# to the other with ModelConfig.layer_slot). Transforms are defined in hf.py: "linear" transposes (out, in) →
+# (in, out) then reshapes to the JAX shape, "linear_in2" is the same for a kernel whose *input* spans two JAX axes
+# (o_proj), "reshape" only reshapes.
 KEY_RULES: list[tuple[str, str, str]] = [
     ("model.embed_tokens.weight", "embed", "reshape"),
     ("model.norm.weight", "norm.scale", "reshape"),

@@ -11,16 +11,16 @@ from ssd_jax.models.transformer import ModelConfig, MoEConfig
 
 ARCHITECTURES = ("Qwen3MoeForCausalLM",)
 
-# `{expert}` is not in the JAX path: it is the index along the stacked expert axis ("expert_linear").
+# `{expert}` is not in the JAX path: it is the index along the stacked expert axis.
 KEY_RULES = qwen3.KEY_RULES + [
     ("model.layers.{layer}.mlp.gate.weight", "layers.{layer}.mlp.router", "linear"),
-    ("model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight", "layers.{layer}.mlp.experts_gate", "expert_linear"),
-    ("model.layers.{layer}.mlp.experts.{expert}.up_proj.weight", "layers.{layer}.mlp.experts_up", "expert_linear"),
-    ("model.layers.{layer}.mlp.experts.{expert}.down_proj.weight", "layers.{layer}.mlp.experts_down", "expert_linear"),
+    ("model.layers.{layer}.mlp.experts.{expert}.gate_proj.weight", "layers.{layer}.mlp.experts_gate", "linear"),
+    ("model.layers.{layer}.mlp.experts.{expert}.up_proj.weight", "layers.{layer}.mlp.experts_up", "linear"),
+    ("model.layers.{layer}.mlp.experts.{expert}.down_proj.weight", "layers.{layer}.mlp.experts_down", "linear"),
 ]
 
 
-def config_from_hf(c, moe_impl: str = "ragged") -> ModelConfig:
+def config_from_hf(c) -> ModelConfig:
     qwen3.check_no_sliding_window(c)
     n = c.num_hidden_layers
     skip = set(getattr(c, "mlp_only_layers", None) or [])
@@ -32,6 +32,5 @@ def config_from_hf(c, moe_impl: str = "ragged") -> ModelConfig:
         intermediate_size=c.moe_intermediate_size,
         norm_topk_prob=bool(c.norm_topk_prob),
         sparse_layers=sparse,
-        impl=moe_impl,
     )
     return ModelConfig(**llama.base_fields(c), qk_norm=True, moe=moe)

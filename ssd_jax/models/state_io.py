@@ -53,16 +53,14 @@ def save_state(model: CausalLM, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_state(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, mesh=None,
-               moe_impl: str = "ragged") -> CausalLM:
+def load_state(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, mesh=None, **options) -> CausalLM:
     """Restore a model saved by `save_state`, each parameter directly onto its sharding on `mesh`."""
     d = Path(ckpt_dir).absolute()
     if not is_state_checkpoint(d):
         raise CheckpointError(f"{d}: not an ssd-jax model checkpoint ({MARKER} missing)")
     meta = json.loads((d / MARKER).read_text())
-    cfg = model_config(d / "hf", dtype=dtype or meta["param_dtype"], param_dtype=meta["param_dtype"],
-                       moe_impl=moe_impl)
-    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0)))
+    cfg = model_config(d / "hf", dtype=dtype or meta["param_dtype"], param_dtype=meta["param_dtype"], **options)
+    abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0), mesh=mesh))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     target = nnx.to_pure_dict(params)
 

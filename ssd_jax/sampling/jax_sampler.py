@@ -100,12 +100,11 @@ class JaxSampler:
     def _place(self, x):
         if self.mesh is None:
             return jnp.asarray(x)
-        from jax.sharding import NamedSharding, PartitionSpec as P
+        from jax.sharding import NamedSharding
 
-        from ssd_jax.sharding import BATCH_AXES
+        from ssd_jax.sharding import batch_spec
 
-        spec = P(BATCH_AXES, *([None] * (np.ndim(x) - 1)))
-        return jax.device_put(x, NamedSharding(self.mesh, spec))
+        return jax.device_put(x, NamedSharding(self.mesh, batch_spec(self.mesh, np.shape(x))))
 
     def generate(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
                  request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:

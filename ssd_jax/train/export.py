@@ -29,7 +29,7 @@ def export_checkpoint(run_dir: str | os.PathLike, *, step: int | None = None, ou
         raise CheckpointError(f"{run / 'checkpoints'}: no checkpoint for step {step}; have {sorted(steps)}")
     model_dir = bundled.resolve_model(cfg.model.path)
     mcfg = hf.model_config(model_dir, dtype=cfg.model.param_dtype, param_dtype=cfg.model.param_dtype,
-                           moe_impl=cfg.model.moe_impl)
+                           **cfg.model.run_options())
     model = hf.empty_model(mcfg)
     ckpt.restore_params(step, model)
     ckpt.close()

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import jax
 import numpy as np
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ssd_jax import bundled
@@ -25,15 +24,11 @@ from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.models import hf
-from ssd_jax.sharding import BATCH_AXES, MeshConfig, make_mesh, maybe_initialize_distributed, replicate_unplaced
+from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh, maybe_initialize_distributed
 from ssd_jax.train import optim
 from ssd_jax.train.checkpoint import TrainCheckpointer
+from ssd_jax.train.flops import device_peak_flops, flops_per_token
 from ssd_jax.train.step import make_train_step
-
-# Dense bf16 peak per device (FLOP/s) for the MFU estimate.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "TPU v5p": 459e12,
-              "TPU v5 lite": 197e12, "TPU v4": 275e12, "TPU v6": 918e12}
-
 
 def validate(cfg: TrainConfig, n_devices: int) -> int:
     """Check the combinations a YAML schema cannot; return the accumulation count."""
@@ -49,32 +44,11 @@ def validate(cfg: TrainConfig, n_devices: int) -> int:
         raise ConfigError("model.path: required (an HF directory or bundled:smollm2-135m)")
     if not cfg.data.train_file:
         raise ConfigError("data.train_file: required (SFT JSONL of {\"messages\": [...]})")
-    shape = MeshConfig(**vars(cfg.mesh)).shape(n_devices)
-    batch_ways = shape[0] * shape[1]
+    shape = dict(zip(AXES, MeshConfig(**vars(cfg.mesh)).shape(n_devices)))
+    batch_ways = math.prod(shape[a] for a in BATCH_AXES)
     if micro % batch_ways:
-        raise ConfigError(f"micro_batch={micro} must be divisible by mesh data×fsdp = {batch_ways}")
+        raise ConfigError(f"micro_batch={micro} must be divisible by mesh {'×'.join(BATCH_AXES)} = {batch_ways}")
     return cfg.global_batch // micro
-
-
-def flops_per_token(mcfg, seq_len: int) -> float:
-    """6·N_active (matmul params incl. LM head) + 12·L·(heads·head_dim)·seq for attention, per trained token."""
-    d, L = mcfg.hidden_size, mcfg.num_layers
-    attn = d * mcfg.head_dim * (2 * mcfg.num_heads + 2 * mcfg.num_kv_heads)
-    if mcfg.moe:
-        n_sparse = sum(mcfg.moe.sparse_layers)
-        mlp = (L - n_sparse) * 3 * d * mcfg.intermediate_size + n_sparse * (
-            mcfg.moe.top_k * 3 * d * mcfg.moe.intermediate_size + d * mcfg.moe.num_experts)
-    else:
-        mlp = L * 3 * d * mcfg.intermediate_size
-    n_active = L * attn + mlp + d * mcfg.vocab_size
-    return 6.0 * n_active + 12.0 * L * mcfg.num_heads * mcfg.head_dim * seq_len
-
-
-def peak_flops(cfg: TrainConfig) -> float | None:
-    if cfg.peak_tflops > 0:
-        return cfg.peak_tflops * 1e12
-    kind = jax.devices()[0].device_kind
-    return next((v for k, v in PEAK_FLOPS.items() if k.lower() in kind.lower()), None)
 
 
 class MetricsLog:
@@ -147,12 +121,8 @@ def train(cfg: TrainConfig) -> dict:
 
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
-                    moe_impl=cfg.model.moe_impl)
-    if cfg.model.remat:
-        from dataclasses import replace
-
-        model.cfg = replace(model.cfg, remat=True)
-    optimizer = replicate_unplaced(nnx.Optimizer(model, optim.make_optimizer(cfg.optim), wrt=nnx.Param), mesh)
+                    **cfg.model.run_options())
+    optimizer = optim.create(model, cfg.optim, mesh)
 
     ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                              async_save=cfg.async_checkpointing)
@@ -164,10 +134,10 @@ def train(cfg: TrainConfig) -> dict:
         print(f"resumed from step {start} ({ckpt.dir})")
 
     in_sharding = NamedSharding(mesh, P(None, BATCH_AXES, None))
-    step_fn = make_train_step(cfg.chunk_tokens, NamedSharding(mesh, P(BATCH_AXES, None)))
+    step_fn = make_train_step(cfg.chunk_tokens, mesh, cfg.moe_aux_loss_coef)
     log = MetricsLog(out, start, cfg.tensorboard)
     fpt = flops_per_token(model.cfg, cfg.data.seq_len)
-    peak = peak_flops(cfg)
+    peak = device_peak_flops(cfg.peak_tflops)
     progress = None
     if cfg.progress and jax.process_index() == 0:
         from tqdm import tqdm
@@ -197,6 +167,7 @@ def train(cfg: TrainConfig) -> dict:
                 "mfu": (fpt * tokens / dt / (peak * jax.device_count())) if peak else None,
                 "batch_crc32": digest,
             }
+            last |= {k: float(m[k]) for k in ("moe_aux_loss", "moe_dropped") if k in m}
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(f"step {step + 1}: loss is {last['loss']}")
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.total_steps:

@@ -65,3 +65,13 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
     if cfg.clip_norm and cfg.clip_norm > 0:
         return optax.chain(optax.clip_by_global_norm(cfg.clip_norm), adamw)
     return adamw
+
+
+def create(model, cfg: OptimConfig, mesh=None):
+    """The NNX optimizer over the model's parameters, every state array placed (moments follow their parameter's
+    sharding; counters replicated on `mesh`, or committed to the default device) so the step compiles once."""
+    from flax import nnx
+
+    from ssd_jax.sharding import replicate_unplaced
+
+    return replicate_unplaced(nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param), mesh)

@@ -3,6 +3,10 @@
 Loss = Σ w·CE / Σ w over the whole global batch (not a mean of per-micro-batch means), so gradient accumulation
 gives exactly the gradient of one big batch. The LM head and softmax run chunk by chunk under `jax.checkpoint`:
 the (batch × seq × vocab) logits are never materialised, which is what makes 150k-vocab × 64k-token rows fit.
+
+On a mesh, the chunks run along the sequence with every row's batch sharding kept (slicing the sharded batch
+axis instead would make the partitioner gather all hidden states onto every device), the LM head is gathered once
+per step, and the gradient accumulator is pinned to the parameters' shardings.
 """
 
 from __future__ import annotations
@@ -13,76 +17,110 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from ssd_jax.models.moe import load_balancing_loss
+from ssd_jax.sharding import constrain_batch, fit_spec, tree_shardings
 
 BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 
 
-def chunked_cross_entropy(hidden, head, targets, weights, chunk: int):
-    """Σ w·(logsumexp(z) − z[target]) and Σ w, with z = hidden @ head computed `chunk` tokens at a time in fp32."""
-    d = hidden.shape[-1]
-    h = hidden.reshape(-1, d)
-    t = targets.reshape(-1)
-    w = weights.reshape(-1).astype(jnp.float32)
-    n = h.shape[0]
-    chunk = max(1, min(chunk, n))
-    pad = (-n) % chunk
+def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None):
+    """Σ w·(logsumexp(z) − z[target]) and Σ w, with z = hidden @ head in fp32, `chunk` sequence positions of
+    every row at a time. hidden (B, T, D), head (D, V), targets/weights (B, T)."""
+    b, t, d = hidden.shape
+    chunk = max(1, min(chunk, t))
+    pad = (-t) % chunk
+    w = weights.astype(jnp.float32)
     if pad:
-        h = jnp.pad(h, ((0, pad), (0, 0)))
-        t = jnp.pad(t, (0, pad))
-        w = jnp.pad(w, (0, pad))
-    h = h.reshape(-1, chunk, d)
-    t = t.reshape(-1, chunk)
-    w = w.reshape(-1, chunk)
+        hidden = jnp.pad(hidden, ((0, 0), (0, pad), (0, 0)))
+        targets = jnp.pad(targets, ((0, 0), (0, pad)))
+        w = jnp.pad(w, ((0, 0), (0, pad)))
+    n = (t + pad) // chunk
+    # (n_chunks, B, chunk, …): the scan walks the unsharded chunk axis; B keeps its sharding.
+    h = constrain_batch(hidden.reshape(b, n, chunk, d).swapaxes(0, 1), mesh, axis=1)
+    tt = constrain_batch(targets.reshape(b, n, chunk).swapaxes(0, 1), mesh, axis=1)
+    ww = constrain_batch(w.reshape(b, n, chunk).swapaxes(0, 1), mesh, axis=1)
+    if mesh is not None:
+        # Gathered over fsdp once here, not once per chunk; the vocabulary stays split over `tensor`.
+        head = jax.lax.with_sharding_constraint(head, NamedSharding(mesh, fit_spec(P(None, "tensor"), head.shape, mesh)))
 
     @jax.checkpoint
     def one(h_c, t_c, w_c):
-        z = jnp.einsum("nd,dv->nv", h_c, head, preferred_element_type=jnp.float32)
+        z = jnp.einsum("bcd,dv->bcv", h_c, head, preferred_element_type=jnp.float32)
         lse = jax.nn.logsumexp(z, axis=-1)
-        zt = jnp.take_along_axis(z, t_c[:, None], axis=-1)[:, 0]
+        zt = jnp.take_along_axis(z, t_c[..., None], axis=-1)[..., 0]
         return jnp.sum(w_c * (lse - zt))
 
     def body(acc, xs):
         return acc + one(*xs), None
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, t, w))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, tt, ww))
     return total, jnp.sum(w)
+
+
+def _forward_loss(model, batch: dict, chunk: int):
+    """(Σ w·CE, Σ w, MoE stats summed over layers or None) of one micro-batch."""
+    out = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], return_hidden=True)
+    s, w = chunked_cross_entropy(out.logits, model.head_kernel(), batch["targets"], batch["weights"], chunk,
+                                 model.mesh)
+    return s, w, out.moe_stats
 
 
 def loss_sums(model, batch: dict, chunk: int):
     """(Σ w·CE, Σ w) of one micro-batch."""
-    out = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], return_hidden=True)
-    return chunked_cross_entropy(out.logits, model.head_kernel(), batch["targets"], batch["weights"], chunk)
+    return _forward_loss(model, batch, chunk)[:2]
 
 
-def make_train_step(chunk: int, batch_sharding=None):
+def accumulate_grads(model, batch: dict, chunk: int, mesh=None, moe_aux_loss_coef: float = 0.0):
+    """(gradients, metrics) of the objective over a global batch of (accum, micro, seq) arrays; traced inside the
+    train step (and by the parity tests, which compare these gradients with PyTorch's).
+
+    Objective: Σ w·CE / Σ w over the global batch (the denominator comes from the batch's weights before the
+    micro-batch loop, so each micro-batch's gradient is already final and the accumulator is their plain sum), plus
+    `moe_aux_loss_coef` × the mean over micro-batches of the load-balancing loss of each (HF's
+    `router_aux_loss_coef`; 0 = the paper's plain cross-entropy)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    pin = (lambda tree: tree) if mesh is None else functools.partial(
+        jax.lax.with_sharding_constraint, shardings=tree_shardings(params, mesh))
+    accum = batch["weights"].shape[0]
+    denom = jnp.maximum(jnp.sum(batch["weights"].astype(jnp.float32)), 1.0)
+    num_experts = model.cfg.moe.num_experts if model.cfg.moe else 0
+
+    def micro_objective(p, mb):
+        s, w, stats = _forward_loss(nnx.merge(graphdef, p, rest), mb, chunk)
+        aux = jnp.zeros((), jnp.float32) if stats is None else load_balancing_loss(stats, num_experts)
+        dropped = jnp.zeros((), jnp.float32) if stats is None else stats.dropped
+        objective = s / denom + (moe_aux_loss_coef / accum) * aux if moe_aux_loss_coef else s / denom
+        return objective, (s, w, aux, dropped)
+
+    grad_fn = jax.grad(micro_objective, has_aux=True)
+
+    def body(carry, mb):
+        g_acc, sums = carry
+        mb = {k: constrain_batch(v, mesh) for k, v in mb.items()}
+        g, terms = grad_fn(params, mb)
+        g_acc = pin(jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g))
+        return (g_acc, tuple(a + b for a, b in zip(sums, terms))), None
+
+    zeros = pin(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+    (g_sum, (s_sum, w_sum, aux_sum, dropped)), _ = jax.lax.scan(
+        body, (zeros, (jnp.zeros((), jnp.float32),) * 4), batch)
+    grads = pin(jax.tree.map(lambda g, p: g.astype(p.dtype), g_sum, params))
+    metrics = {"loss": s_sum / denom, "grad_norm": optax.tree.norm(grads), "loss_tokens": w_sum}
+    if num_experts:
+        metrics |= {"moe_aux_loss": aux_sum / accum, "moe_dropped": dropped}
+    return grads, metrics
+
+
+def make_train_step(chunk: int, mesh=None, moe_aux_loss_coef: float = 0.0):
     """step(model, optimizer, batch) → metrics; batch arrays are (accum, micro, seq). Updates model in place."""
 
     @nnx.jit(donate_argnums=(0, 1))
     def step(model, optimizer, batch):
-        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-
-        def micro_loss(p, mb):
-            s, w = loss_sums(nnx.merge(graphdef, p, rest), mb, chunk)
-            return s, w
-
-        grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
-
-        def body(carry, mb):
-            g_acc, s_acc, w_acc = carry
-            if batch_sharding is not None:
-                mb = {k: jax.lax.with_sharding_constraint(v, batch_sharding) for k, v in mb.items()}
-            (s, w), g = grad_fn(params, mb)
-            g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
-            return (g_acc, s_acc + s, w_acc + w), None
-
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-        init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-        (g_sum, s_sum, w_sum), _ = jax.lax.scan(body, init, batch)
-        denom = jnp.maximum(w_sum, 1.0)
-        grads = jax.tree.map(lambda g, p: (g / denom).astype(p.dtype), g_sum, params)
-        grad_norm = optax.tree.norm(grads)
+        grads, metrics = accumulate_grads(model, batch, chunk, mesh, moe_aux_loss_coef)
         optimizer.update(model, grads)
-        return {"loss": s_sum / denom, "grad_norm": grad_norm, "loss_tokens": w_sum}
+        return metrics
 
     return step
 

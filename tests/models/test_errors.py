@@ -125,3 +125,16 @@ def test_unsupported_rope_type(capsys, broken, tmp_path):
     (d / "config.json").write_text(json.dumps(cfg))
     code, err = _run(capsys, d, tmp_path / "out")
     assert code == 2 and "'longrope'" in err
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"remat": True}, "remat=True; expected one of none, full, save_dots"),
+    ({"attention_impl": "flash"}, "attention_impl='flash'"),
+    ({"moe_impl": "sparse"}, "moe_impl='sparse'"),
+    ({"rope_theta": 1.0}, "model option 'rope_theta' is unknown"),
+])
+def test_bad_run_options_name_the_option(tiny_dir, options, match):
+    from ssd_jax.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        hf.model_config(tiny_dir("qwen3_moe"), **options)
