@@ -1,8 +1,8 @@
-"""Compile time of a deep model's SFT train step: layers under `lax.scan` vs the same layers unrolled, side by side.
+"""Compile time of a deep model's SFT train step: stacked layers under `lax.scan` vs a list of layers, side by side.
 
 The model is tiny in width (so compile, not FLOPs, dominates) but has the layer count of Qwen3-30B-A3B (48). The
 train step is the real one (`make_train_step`: micro-batch scan, value_and_grad, chunked CE, AdamW), with full
-remat, so the unrolled program holds three copies of every layer (forward, recompute, backward). The two variants
+remat, so the list program holds three copies of every layer (forward, recompute, backward). The two variants
 alternate in rounds so machine noise hits both alike; each round is a fresh trace + lower + XLA compile (no
 cache). Usage: python benchmarks/compile_time.py [--layers 48] [--rounds 3] [--moe]
 """
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--moe", action="store_true", help="every layer a routed MoE (8 experts, top-2)")
     args = ap.parse_args()
-    times = {"scan": [], "unrolled": []}
+    times = {"scan": [], "list": []}
     for _ in range(args.rounds):
         for name in times:
             times[name].append(compile_seconds(model_config(args.layers, args.moe, scan=name == "scan")))
@@ -67,7 +67,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in times.items()}
     for name, v in times.items():
         print(f"{name:10s} compile s  median {med[name]:7.2f}   rounds {', '.join(f'{x:.2f}' for x in v)}")
-    print(f"ratio unrolled / scan: {med['unrolled'] / med['scan']:.1f}x")
+    print(f"ratio list / scan: {med['list'] / med['scan']:.1f}x")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ segment ids), scoring (padded batches) and decoding (a preallocated `KVCache`).
 Layers are stored stacked: `layers[s]` is one `DecoderLayer` whose parameters carry a leading axis over a run of
 identical consecutive layers (one run for a homogeneous model; dense and MoE runs alternate where `mlp_only_layers`
 or `decoder_sparse_step` mix them), and a run is applied with `jax.lax.scan`. So a 48-layer model traces and
-compiles one layer body, not 48 (three times over in a remat'd train step).
+compiles one layer body, not 48 (three times over in a remat'd train step). `scan_layers=False` makes every layer
+a stack of one (the list layout) for decoding, where slicing a layer out of a stack copies its weights per step.
 """
 
 from __future__ import annotations
@@ -65,7 +66,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype (fp32 master weights when training)
     remat: str = "none"  # per layer in the backward pass: none | full (recompute all) | save_dots (keep matmuls)
-    scan_layers: bool = True  # False unrolls the layer loop (same stacked parameters; compiles L bodies)
+    # False stores every layer as a stack of one: a list of layers, L bodies to compile, but no per-step slicing of
+    # stacked weights (memory-bound decoding on CPU reads each weight once per token instead of copying it first).
+    scan_layers: bool = True
     attention_impl: str = "auto"  # auto | einsum | blockwise | cudnn | pallas (models/attention.py)
     # HF builds `nn.Embedding(..., padding_idx=pad_token_id)`: that row gets no gradient from the input lookup
     # (it still does through a tied LM head). We do the same so training matches PyTorch; None disables.
@@ -94,8 +97,11 @@ class ModelConfig:
         return cfg
 
     def layer_stacks(self) -> tuple[tuple[bool, int], ...]:
-        """(sparse, count) for each run of identical consecutive layers, in order."""
+        """(sparse, count) for each run of identical consecutive layers, in order; with `scan_layers` off, every
+        layer is a stack of its own (a list of layers, each stored and compiled separately)."""
         sparse = self.moe.sparse_layers if self.moe else (False,) * self.num_layers
+        if not self.scan_layers:
+            return tuple((kind, 1) for kind in sparse)
         return tuple((kind, len(list(run))) for kind, run in itertools.groupby(sparse))
 
     def layer_slot(self, layer: int) -> tuple[int, int]:
@@ -262,8 +268,7 @@ class CausalLM(nnx.Module):
         if stack_cache is None:
             body = _remat(body, self.cfg.remat)
         carry = (x, None, None) if stack_cache is None else (x, stack_cache[0], stack_cache[1])
-        (x, ck, cv), (stats, hs) = jax.lax.scan(body, carry, (state, jnp.arange(n)),
-                                                unroll=1 if self.cfg.scan_layers else n)
+        (x, ck, cv), (stats, hs) = jax.lax.scan(body, carry, (state, jnp.arange(n)))
         return x, (None if ck is None else (ck, cv)), stats, hs
 
     def head_kernel(self) -> Array:

@@ -120,7 +120,7 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
 
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.dtype, mesh=mesh,
-                    **cfg.model.run_options())
+                    **cfg.model.run_options(decoding=True))
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
                       max_new_tokens=max_new_tokens, mesh=mesh if mesh.size > 1 else None)
 

@@ -33,6 +33,21 @@ def test_round_trip_is_bit_exact(tiny_dir, tmp_path, name):
     assert cfg_out["architectures"] == json.loads((src / "config.json").read_text())["architectures"]
 
 
+def test_list_layout_loads_and_exports_the_same_checkpoint(tiny_dir, tmp_path):
+    """scan_layers=False (one stack per layer, the sampler's layout) maps the same HF keys: bit-exact round trip and
+    the stacked layout's logits."""
+    src = tiny_dir("qwen3_moe_mixed")
+    listed = hf.load(src, scan_layers=False)
+    assert len(listed.layers) == listed.cfg.num_layers == 3
+    assert listed.layers[2].mlp.experts_gate[...].shape[0] == 1
+    out = hf.save(listed, tmp_path / "export")
+    a, b = _tensors(src), _tensors(out)
+    assert sorted(a) == sorted(b) and all(a[k].tobytes() == b[k].tobytes() for k in a)
+    ids, mask = parity.random_batch(listed.cfg.vocab_size, seed=7)
+    np.testing.assert_allclose(parity.jax_forward(listed, ids, mask)[0], parity.jax_forward(hf.load(src), ids, mask)[0],
+                               atol=1e-6, rtol=0)
+
+
 def test_export_loads_in_transformers_with_identical_logits(tiny_dir, tmp_path):
     src = tiny_dir("qwen3_moe")
     model = hf.load(src)

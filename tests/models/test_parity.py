@@ -59,12 +59,17 @@ def test_a_wrong_layer_is_caught(tiny_dir):
     assert parity.compare(hf_logits, jax_logits, mask)["max_abs_logit_diff"] > 1e-2
 
 
-@pytest.mark.parametrize("name,attention", [("llama3", "auto"), ("qwen3_moe", "auto"), ("qwen3_tied", "blockwise")])
-def test_kv_cache_incremental_matches_full_forward(tiny_dir, name, attention):
+@pytest.mark.parametrize("name,options", [
+    ("llama3", {}),
+    ("qwen3_moe", {}),
+    ("qwen3_tied", {"attention_impl": "blockwise"}),
+    ("qwen3_moe_mixed", {"scan_layers": False}),  # the sampler's list layout: one stack (and cache) per layer
+])
+def test_kv_cache_incremental_matches_full_forward(tiny_dir, name, options):
     """Prefill a left-padded batch, then feed one token at a time through the cache: same logits as one pass."""
     from flax import nnx
 
-    model = hf.load(tiny_dir(name), attention_impl=attention)
+    model = hf.load(tiny_dir(name), **options)
     ids, mask = parity.random_batch(model.cfg.vocab_size, lengths=(12, 6, 9), seed=3, padding_side="left")
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     full = model(ids, positions=padded_positions(mask), segment_ids=mask).logits
