@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 Array = jax.Array
 
 IMPLS = ("auto", "einsum", "blockwise", "cudnn", "pallas")
+LIVE_TILES_SCOPE = "attention_live_kv_tiles"  # names the blockwise loops over the live tiles
 # CPU keeps the einsum up to this many scores per (row, head): below it the dense mask costs less than the loop
 # overhead of blockwise, and the whole CPU test suite and demo run at these sizes.
 CPU_EINSUM_MAX_SCORES = 2048 * 2048
@@ -303,7 +304,8 @@ def _flash_forward(qg, k, v, qs, ks, q_start, bq: int, bk: int):
             jnp.zeros((b, bq, kh, g), jnp.float32),
             jnp.zeros((b, bq, kh, g, hd), jnp.float32),
         )
-        m, l, acc = lax.fori_loop(lo[i], hi[i], step, init)
+        with jax.named_scope(LIVE_TILES_SCOPE):  # length depends on the segments (ssd-jax plan)
+            m, l, acc = lax.fori_loop(lo[i], hi[i], step, init)
         has = l > 0
         l_safe = jnp.where(has, l, 1.0)
         out = jnp.where(has[..., None], acc / l_safe[..., None], 0.0).astype(v.dtype)
@@ -362,7 +364,8 @@ def _flash_bwd(bq, bk, res, d_out):
             k_j = _slice(k, j, bk)
             return dq + jnp.einsum("bqkgs,bskd->bqkgd", ds.astype(k.dtype), k_j, preferred_element_type=jnp.float32)
 
-        dq = lax.fori_loop(lo_q[i], hi_q[i], step, jnp.zeros(qg.shape[:1] + (bq,) + qg.shape[2:], jnp.float32))
+        with jax.named_scope(LIVE_TILES_SCOPE):  # length depends on the segments (ssd-jax plan)
+            dq = lax.fori_loop(lo_q[i], hi_q[i], step, jnp.zeros(qg.shape[:1] + (bq,) + qg.shape[2:], jnp.float32))
         return ((dq * scale).astype(qg.dtype),)
 
     lo_k, hi_k = _span(live.T)
@@ -377,7 +380,8 @@ def _flash_bwd(bq, bk, res, d_out):
             return dk, dv
 
         zeros = jnp.zeros((k.shape[0], bk) + k.shape[2:], jnp.float32)
-        dk, dv = lax.fori_loop(lo_k[j], hi_k[j], step, (zeros, zeros))
+        with jax.named_scope(LIVE_TILES_SCOPE):  # length depends on the segments (ssd-jax plan)
+            dk, dv = lax.fori_loop(lo_k[j], hi_k[j], step, (zeros, zeros))
         return (dk * scale).astype(k.dtype), dv.astype(v.dtype)
 
     (dq,) = _map_tiles(dq_tile, qg.shape[1] // bq, bq, [(qg.shape, qg.dtype)])

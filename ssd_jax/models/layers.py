@@ -238,7 +238,7 @@ class MoE(nnx.Module):
         m, pd = cfg.moe, cfg.param_dtype
         d, e, f = cfg.hidden_size, m.num_experts, m.intermediate_size
         self.dtype, self.top_k, self.norm_topk_prob = cfg.dtype, m.top_k, m.norm_topk_prob
-        self.impl, self.dispatch, self.capacity_factor = m.impl, m.dispatch, m.capacity_factor
+        self.impl, self.dispatch, self.capacity_factor, self.gemm = m.impl, m.dispatch, m.capacity_factor, m.grouped_gemm
         self.router = nnx.Param(_init(rngs, (d, e), pd))
         self.experts_gate = nnx.Param(_init(rngs, (e, d, f), pd))
         self.experts_up = nnx.Param(_init(rngs, (e, d, f), pd))
@@ -254,4 +254,5 @@ class MoE(nnx.Module):
             return moe.moe_dense(*args, **kw)
         if self.impl == "ragged":
             return moe.moe_ragged_global(*args, **kw)
-        return moe.moe_sharded(*args, mesh=mesh, dispatch=self.dispatch, capacity_factor=self.capacity_factor, **kw)
+        return moe.moe_sharded(*args, mesh=mesh, dispatch=self.dispatch, capacity_factor=self.capacity_factor,
+                               grouped_gemm=self.gemm, **kw)

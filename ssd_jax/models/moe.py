@@ -33,6 +33,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ssd_jax.sharding import batch_axes, param_spec
@@ -195,10 +196,115 @@ def _excl_cumsum(a: Array, axis: int = -1) -> Array:
     return jnp.cumsum(a, axis=axis) - a
 
 
-def _expert_ffn(xs: Array, sizes: Array, wg: Array, wu: Array, wd: Array) -> Array:
-    """Grouped SwiGLU on rows sorted by expert; rows past sum(sizes) are zero rows and give zeros."""
+GROUPED_GEMMS = ("auto", "ragged_dot", "tiled")
+TILE_ROWS = 256
+TILES_SCOPE = "moe_grouped_tiles"  # names the tiled GEMM's loops (their length depends on the routing)
+
+
+def _expert_ffn(xs: Array, sizes: Array, wg: Array, wu: Array, wd: Array, gemm: str = "ragged_dot",
+                rows_hint: int | None = None) -> Array:
+    """Grouped SwiGLU on rows sorted by expert; rows past sum(sizes) are zero rows and give zeros. `rows_hint`:
+    the rows expected to be real (under even routing), which sizes the tiled form's tiles."""
+    if gemm == "tiled":
+        return _expert_ffn_tiled(xs, sizes, wg, wu, wd, tile_rows(rows_hint or xs.shape[0], sizes.shape[0]))
     h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, sizes)) * jax.lax.ragged_dot(xs, wu, sizes)
     return jax.lax.ragged_dot(h, wd, sizes)
+
+
+def tile_rows(buffer_rows: int, groups: int) -> int:
+    """The tiled grouped GEMM's tile: the mean rows per group, a power of two in [8, TILE_ROWS]."""
+    return min(TILE_ROWS, max(8, 1 << max(0, math.ceil(math.log2(max(1, buffer_rows // groups))))))
+
+
+def _expert_ffn_tiled(xs: Array, sizes: Array, wg: Array, wu: Array, wd: Array, tile: int | None = None) -> Array:
+    """The grouped SwiGLU as a loop over row tiles, each group padded to whole tiles so a tile has one expert.
+
+    Why: XLA:CPU lowers `ragged_dot` to a dense dot over a masked (G, M, K) broadcast, G× the FLOPs and memory of
+    the grouped product (at Qwen3-30B-A3B's shapes, terabytes of temporaries), so on CPU, and in `ssd-jax plan`'s
+    compile of a GPU mesh, this form stands for what a grouped-GEMM kernel does: only the tiles that hold rows run
+    (sum(sizes) rows + < 1 tile per group, however large the static buffer), one tile's weights live at a time.
+    Exact: every row meets its own expert's weights once. `tile` defaults to tile_rows(M, G)."""
+    m, d = xs.shape
+    g = sizes.shape[0]
+    tile = max(1, min(tile or tile_rows(m, g), m))
+    n_tiles = -(-m // tile) + g  # padding each group to whole tiles adds < 1 tile per group
+    slots = n_tiles * tile
+    padded = (sizes + tile - 1) // tile * tile
+    pend = jnp.cumsum(padded)
+    pstart, start, end = pend - padded, _excl_cumsum(sizes), jnp.cumsum(sizes)
+    p = jnp.arange(slots, dtype=jnp.int32)
+    grp = jnp.searchsorted(pend, p, side="right")  # group of padded slot p (g: past the last group)
+    gc = jnp.minimum(grp, g - 1)
+    off = p - pstart[gc]
+    src = jnp.where((grp < g) & (off < sizes[gc]), start[gc] + off, m).astype(jnp.int32)  # slot → row (m: empty)
+    r = jnp.arange(m, dtype=jnp.int32)
+    rg = jnp.minimum(jnp.searchsorted(end, r, side="right"), g - 1)
+    dst = jnp.where(r < end[-1], pstart[rg] + r - start[rg], slots).astype(jnp.int32)  # row → slot
+    src, dst = _match_vma(src, xs), _match_vma(dst, xs)
+    xt = permute(xs, src, dst).reshape(n_tiles, tile, d)
+    te = jnp.minimum(grp[::tile], g - 1).astype(jnp.int32)
+    used = (pend[-1] // tile).astype(jnp.int32)  # tiles that hold rows: the loops stop there
+    # One varying type for all operands, cast outside the custom_vjp (the cast's transpose, a psum, stays outside).
+    vma = frozenset().union(*(_vma(a) for a in (xt, te, used, wg, wu, wd)))
+    xt, te, used, wg, wu, wd = (jax.lax.pcast(a, tuple(sorted(vma - _vma(a))), to="varying") if vma - _vma(a) else a
+                                for a in (xt, te, used, wg, wu, wd))
+    yt = _tiles_swiglu(xt, te, used, wg, wu, wd)
+    return permute(yt.reshape(slots, -1), dst, src)
+
+
+def _tile_loop(used: Array, body, init):
+    """fori_loop over the used tiles, under a name `ssd-jax plan` recognises (its length depends on the routing)."""
+    with jax.named_scope(TILES_SCOPE):
+        return jax.lax.fori_loop(0, used, body, init)
+
+
+@jax.custom_vjp
+def _tiles_swiglu(xt: Array, te: Array, used: Array, wg: Array, wu: Array, wd: Array) -> Array:
+    """y[t] = (silu(x[t] @ wg[e_t]) * (x[t] @ wu[e_t])) @ wd[e_t] for tiles t < used (zeros after). A custom VJP:
+    autodiff of the loop would save each tile's slice of the weights, n_tiles × an expert's weights."""
+
+    def body(t, y):
+        x_t, e = xt[t], te[t]
+        h = jax.nn.silu(x_t @ wg[e]) * (x_t @ wu[e])
+        return jax.lax.dynamic_update_index_in_dim(y, (h @ wd[e]).astype(xt.dtype), t, 0)
+
+    return _tile_loop(used, body, _zeros_like_vma(xt.shape[:2] + (wd.shape[-1],), xt.dtype, xt))
+
+
+def _tiles_swiglu_fwd(xt, te, used, wg, wu, wd):
+    return _tiles_swiglu(xt, te, used, wg, wu, wd), (xt, te, used, wg, wu, wd)
+
+
+def _tiles_swiglu_bwd(res, dy):
+    """Recompute each tile's activations; accumulate the weight gradients of its expert in an fp32 carry."""
+    xt, te, used, wg, wu, wd = res
+    f32 = jnp.float32
+
+    def body(t, acc):
+        dwg, dwu, dwd, dx = acc
+        e = te[t]
+        x_t, dy_t = xt[t].astype(f32), dy[t].astype(f32)
+        ge, ue, de = wg[e].astype(f32), wu[e].astype(f32), wd[e].astype(f32)
+        pre_g, up = x_t @ ge, x_t @ ue
+        sig = jax.nn.sigmoid(pre_g)
+        act = pre_g * sig
+        dh = dy_t @ de.T
+        d_up, d_act = dh * act, dh * up
+        d_pre = d_act * sig * (1 + pre_g * (1 - sig))
+        dwg, dwu = dwg.at[e].add(x_t.T @ d_pre), dwu.at[e].add(x_t.T @ d_up)
+        dwd = dwd.at[e].add((act * up).T @ dy_t)
+        dx = jax.lax.dynamic_update_index_in_dim(dx, (d_pre @ ge.T + d_up @ ue.T).astype(xt.dtype), t, 0)
+        return dwg, dwu, dwd, dx
+
+    # Every operand has one varying type (_expert_ffn_tiled casts them): the carries take it too.
+    init = tuple(_zeros_like_vma(w.shape, f32, xt) for w in (wg, wu, wd)) + (_zeros_like_vma(xt.shape, xt.dtype, xt),)
+    dwg, dwu, dwd, dx = _tile_loop(used, body, init)
+    f0 = jax.dtypes.float0
+    return (dx, np.zeros(te.shape, f0), np.zeros(used.shape, f0), dwg.astype(wg.dtype), dwu.astype(wu.dtype),
+            dwd.astype(wd.dtype))
+
+
+_tiles_swiglu.defvjp(_tiles_swiglu_fwd, _tiles_swiglu_bwd)
 
 
 def _group_received(seg_start: Array, cnt: Array, rows: int) -> tuple[Array, Array, Array]:
@@ -261,6 +367,7 @@ class _Plan:
     a2a: bool = False  # the expert axis also splits the tokens: exchange rows with all-to-all
     dispatch: str = "padded"  # padded | ragged | ragged_allgather (CPU stand-in)
     capacity_factor: float = 0.0
+    gemm: str = "ragged_dot"  # ragged_dot | tiled (the grouped-GEMM form, see _expert_ffn_tiled)
 
 
 def _gather_d(w: Array, axis: int, plan: _Plan) -> Array:
@@ -296,7 +403,7 @@ def _body(x, router_w, wg, wu, wd, valid, *, plan: _Plan):
         inv = jnp.where(local, _inverse(order), m)
         order = jnp.where(jnp.arange(m) < jnp.sum(local), order, m)
         sizes = jnp.bincount(key, length=el + 1)[:el].astype(jnp.int32)
-        ys = _expert_ffn(permute(x2, order, inv, k), sizes, wg, wu, wd)
+        ys = _expert_ffn(permute(x2, order, inv, k), sizes, wg, wu, wd, plan.gemm)
         y_flat = permute(ys, inv, order)
         if plan.expert_axis:
             reduce_axes = reduce_axes + (plan.expert_axis,)
@@ -343,7 +450,7 @@ def _body(x, router_w, wg, wu, wd, valid, *, plan: _Plan):
             buf = a2a(xs, _zeros_like_vma((rows, d), x.dtype, xs), in_off, send, out_off, recv, axis_name=ax)
 
         order2, inv2, sizes = _group_received(seg_start, cnt, rows)
-        ys = permute(_expert_ffn(permute(buf, order2, inv2), sizes, wg, wu, wd), inv2, order2)
+        ys = permute(_expert_ffn(permute(buf, order2, inv2), sizes, wg, wu, wd, plan.gemm, m), inv2, order2)
 
         if plan.dispatch == "padded":
             back = jax.lax.all_to_all(ys, ax, 0, 0, tiled=True)
@@ -371,7 +478,7 @@ def _platform(mesh: Mesh | None) -> str:
 
 
 def moe_sharded(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, mesh=None, dispatch="auto",
-                capacity_factor=0.0, valid=None) -> tuple[Array, MoEStats]:
+                capacity_factor=0.0, grouped_gemm="auto", valid=None) -> tuple[Array, MoEStats]:
     """Expert-parallel MoE under `jax.shard_map` (see the module docstring); without a mesh, or on a one-device mesh,
     the same local code without collectives.
 
@@ -383,7 +490,11 @@ def moe_sharded(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, mesh=None, di
     latest tokens of that sender→owner pair) contribute zero and are counted in MoEStats.dropped; both dispatches drop
     the same ones. Capacity only applies to the expert-parallel exchange: without one (no mesh, experts not split,
     or tokens replicated over `expert`) nothing is dropped.
+    grouped_gemm: "ragged_dot" (`jax.lax.ragged_dot`: a grouped-GEMM kernel on GPU/TPU, see configure_grouped_gemm),
+    "tiled" (a loop over one-expert row tiles, _expert_ffn_tiled), "auto" (tiled on CPU, ragged_dot elsewhere).
     valid (B, T) bool marks real tokens for the stats only; padding tokens are routed (and use capacity) as in HF."""
+    if grouped_gemm not in GROUPED_GEMMS:
+        raise ValueError(f"grouped_gemm {grouped_gemm!r}: expected {' | '.join(GROUPED_GEMMS)}")
     if dispatch not in ("auto", "padded", "ragged"):
         raise ValueError(f"dispatch {dispatch!r}: expected auto | padded | ragged")
     on_cpu = _platform(mesh) == "cpu"
@@ -391,7 +502,8 @@ def moe_sharded(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, mesh=None, di
         dispatch = "padded" if on_cpu else "ragged"
     elif dispatch == "ragged" and on_cpu:
         dispatch = "ragged_allgather"
-    kw = dict(top_k=top_k, norm_topk_prob=norm_topk_prob)
+    gemm = ("tiled" if on_cpu else "ragged_dot") if grouped_gemm == "auto" else grouped_gemm
+    kw = dict(top_k=top_k, norm_topk_prob=norm_topk_prob, gemm=gemm)
     if mesh is None or mesh.size == 1:
         return _body(x, router_w, wg, wu, wd, valid, plan=_Plan(**kw))
 

@@ -42,6 +42,7 @@ class MoEConfig:
     impl: str = "sharded"  # sharded | ragged | dense  (see layers.MoE)
     dispatch: str = "auto"  # expert-parallel exchange: auto | ragged | padded (models/moe.py)
     capacity_factor: float = 0.0  # rows per (sender, owner) pair as a fraction of the routed rows; 0 = no drops
+    grouped_gemm: str = "auto"  # auto | ragged_dot | tiled (models/moe.py)
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,9 @@ class ModelConfig:
 
 
 RUN_OPTIONS = ("dtype", "param_dtype", "remat", "scan_layers", "attention_impl")
-MOE_RUN_OPTIONS = ("impl", "dispatch", "capacity_factor")
+MOE_RUN_OPTIONS = ("impl", "dispatch", "capacity_factor", "grouped_gemm")
 CHOICES = {"remat": REMAT_POLICIES, "attention_impl": ATTENTION_IMPLS, "moe_impl": ("sharded", "ragged", "dense"),
-           "moe_dispatch": ("auto", "ragged", "padded")}
+           "moe_dispatch": ("auto", "ragged", "padded"), "moe_grouped_gemm": ("auto", "ragged_dot", "tiled")}
 
 
 def all_run_options() -> tuple[str, ...]:
