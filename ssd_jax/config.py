@@ -42,6 +42,9 @@ class ModelSpec:
     moe_impl: Literal["sharded", "ragged", "dense"] = "sharded"
     moe_dispatch: Literal["auto", "ragged", "padded"] = "auto"  # auto: ragged_all_to_all on GPU/TPU, padded on CPU
     moe_capacity_factor: float = 0.0  # 0: no token is ever dropped; >0 caps each exchange (drops are counted)
+    # The experts' grouped GEMM: ragged_dot (a grouped-GEMM kernel on GPU/TPU) or tiled (a scan over one-expert row
+    # tiles; XLA:CPU expands ragged_dot into a dense masked product, G× the work). auto: tiled on CPU.
+    moe_grouped_gemm: Literal["auto", "ragged_dot", "tiled"] = "auto"
 
     def run_options(self, *, decoding: bool = False) -> dict[str, Any]:
         """Everything but which checkpoint and its dtypes, keyed as ModelConfig.with_options expects, for a
@@ -234,7 +237,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eval_base: bool = True
-    base_eval_decode: DecodeSpec | None = None  # default: eval.decode
+    # default: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode
+    base_eval_decode: DecodeSpec | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -21,11 +21,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from ssd_jax import __version__
-from ssd_jax.config import RunConfig, dump_yaml
+from ssd_jax.config import DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
 from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.presets import PRESETS
 from ssd_jax.sampling.stage import run_sample
 from ssd_jax.train.loop import train
 
@@ -70,6 +71,19 @@ class Manifest:
         atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
 
 
+def base_eval_decode(cfg: RunConfig) -> DecodeSpec:
+    """How the starting model is evaluated: `base_eval_decode` when set; else, when `eval.decode` names a paper
+    preset `<model>/eval`, that model's own setting `<model>/base-eval` (paper Table 4, how Table 2 compares base
+    and SSD); else `eval.decode`."""
+    if cfg.base_eval_decode is not None:
+        return cfg.base_eval_decode
+    name = cfg.eval.decode.preset or ""
+    if name.endswith("/eval") and name.removesuffix("/eval") + "/base-eval" in PRESETS:
+        return replace(cfg.eval.decode, preset=name.removesuffix("/eval") + "/base-eval", temperature=None,
+                       top_k=None, top_p=None)
+    return cfg.eval.decode
+
+
 def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dict:
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
@@ -82,7 +96,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
     results: dict = {"run": str(root), "rounds": []}
 
     if cfg.eval_base:
-        decode = cfg.base_eval_decode or cfg.eval.decode
+        decode = base_eval_decode(cfg)
         ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
         doc = run_eval(ev)

@@ -10,7 +10,6 @@ that an axis does not divide is replicated along that axis instead (tiny test mo
 from __future__ import annotations
 
 import math
-import os
 import re
 from dataclasses import dataclass
 
@@ -67,12 +66,6 @@ class MeshConfig:
         if math.prod(sizes) != n_devices:
             raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices; {n_devices} present")
         return tuple(sizes)
-
-
-def maybe_initialize_distributed() -> None:
-    """Join a multi-host job when the launcher set the coordinator (jax.distributed's own env contract)."""
-    if os.environ.get("JAX_COORDINATOR_ADDRESS") and jax.process_count() == 1:
-        jax.distributed.initialize()
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:

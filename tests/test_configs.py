@@ -22,3 +22,78 @@ def test_paper_instruct_recipe():
     assert (o.peak_lr, o.floor_lr, o.warmup_steps, o.total_steps) == (5e-6, 1e-6, 250, 2500)
     assert (o.b1, o.b2, o.weight_decay) == (0.9, 0.95, 0.1)
     assert (cfg.global_batch, cfg.data.seq_len, cfg.checkpoint_every) == (32, 65536, 250)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The paper's run configs, one per seed model: checked against the paper's tables typed in here again.
+
+from ssd_jax.config import RunConfig  # noqa: E402
+from ssd_jax.models import hf  # noqa: E402
+from ssd_jax.presets import preset  # noqa: E402
+
+# model file: (HF id, Table 3 train T/k/p, Table 3 eval T/k/p, Table 4 base T/k/p, thinking, published size)
+PAPER = {
+    "qwen3-30b-a3b-instruct-2507": ("Qwen/Qwen3-30B-A3B-Instruct-2507", (1.6, 20, 0.8), (0.9, 20, 0.8),
+                                    (0.7, 20, 0.8), False, 30.5e9),
+    "qwen3-30b-a3b-thinking-2507": ("Qwen/Qwen3-30B-A3B-Thinking-2507", (1.2, 20, 0.95), (0.7, 20, 0.95),
+                                    (0.6, 20, 0.95), True, 30.5e9),
+    "qwen3-4b-instruct-2507": ("Qwen/Qwen3-4B-Instruct-2507", (1.6, 20, 0.8), (1.1, 20, 0.8), (0.7, 20, 0.8),
+                               False, 4.0e9),
+    "qwen3-4b-thinking-2507": ("Qwen/Qwen3-4B-Thinking-2507", (1.1, 20, 0.95), (0.7, 20, 0.95), (0.6, 20, 0.95),
+                               True, 4.0e9),
+    "llama-3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct", (0.8, 20, 0.8), (0.7, 20, 0.8), (0.9, 0, 0.8),
+                              False, 8.0e9),
+}
+
+
+def _tkp(decode) -> tuple:
+    t = preset(decode.preset)
+    return (decode.temperature or t.temperature, decode.top_k if decode.top_k is not None else t.top_k,
+            decode.top_p or t.top_p)
+
+
+def test_a_config_ships_for_every_seed_model():
+    shipped = {p.stem for p in CONFIGS.glob("*.yaml")} - {"smollm2-135m-humaneval"}
+    assert shipped == set(PAPER)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_run_config(name):
+    hub, train_tkp, eval_tkp, base_tkp, thinking, size = PAPER[name]
+    cfg = load_config(RunConfig, CONFIGS / f"{name}.yaml")
+    assert cfg.model.path == hub and cfg.name == name
+    # Decoding: Table 3 for SSD data and the SSD model's evaluation, Table 4 for the base model.
+    assert _tkp(cfg.sample.decode) == train_tkp and cfg.sample.decode.n == 1
+    assert _tkp(cfg.eval.decode) == eval_tkp and cfg.eval.decode.n == 10 and cfg.eval.ks == [1, 5]
+    assert cfg.eval_base and _tkp(cfg.base_eval_decode) == base_tkp and cfg.base_eval_decode.n == 10
+    # Token limits: ml-ssd generates 65,536; evaluation 32,768 (its default) or 65,536 (thinking models).
+    assert cfg.sample.decode.max_tokens == 65536
+    assert cfg.eval.decode.max_tokens == cfg.base_eval_decode.max_tokens == (65536 if thinking else 32768)
+    # Data and protocol: rStar-Coder seed_sft in, LiveCodeBench v6 out; the paper's filter.
+    assert cfg.sample.problems.kind == "rstar" and cfg.eval.problems.kind == "lcb"
+    assert cfg.eval.problems.window == "v6" and cfg.filter.preset == "paper"
+    assert cfg.eval.grader.mode == "lcb_compat" and cfg.eval.grader.timeout_s == 6.0
+    # SFT (paper §3.1, App. C.1): the instruct or thinking schedule.
+    o, t = cfg.train.optim, cfg.train
+    assert (o.peak_lr, o.floor_lr, o.b1, o.b2, o.weight_decay) == (5e-6, 1e-6, 0.9, 0.95, 0.1)
+    assert (o.warmup_steps, o.total_steps, t.checkpoint_every) == ((50, 300, 50) if thinking else (250, 2500, 250))
+    assert (t.global_batch, t.data.seq_len, t.moe_aux_loss_coef) == (32, 65536, 0.0)
+    # The architecture plans from the shipped config.json (no weights): the published size.
+    mcfg = hf.model_config(CONFIGS / "hf" / hub.split("/")[1])
+    assert mcfg.num_params() == pytest.approx(size, rel=0.02)
+    assert (mcfg.moe is not None) == ("a3b" in name)
+    assert cfg.mesh.expert == (-1 if mcfg.moe else 1)
+
+
+def test_the_base_model_is_evaluated_at_its_table_4_setting_by_default():
+    from ssd_jax.config import from_dict
+    from ssd_jax.pipeline import base_eval_decode
+
+    paper = from_dict(RunConfig, {"eval": {"decode": {"preset": "qwen3-4b-instruct-2507/eval", "max_tokens": 99}}})
+    d = base_eval_decode(paper)
+    assert (d.preset, _tkp(d), d.max_tokens) == ("qwen3-4b-instruct-2507/base-eval", (0.7, 20, 0.8), 99)
+    explicit = from_dict(RunConfig, {"eval": {"decode": {"temperature": 0.5, "top_k": 5, "top_p": 0.9}}})
+    assert base_eval_decode(explicit) == explicit.eval.decode  # no paper preset named: the eval setting
+    chosen = from_dict(RunConfig, {"eval": {"decode": {"preset": "qwen3-4b-instruct-2507/eval"}},
+                                   "base_eval_decode": {"preset": "greedy"}})
+    assert base_eval_decode(chosen).preset == "greedy"

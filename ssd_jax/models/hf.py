@@ -29,6 +29,7 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
+from ssd_jax import distributed
 from ssd_jax.errors import CheckpointError
 from ssd_jax.models import family_for
 from ssd_jax.models.transformer import CausalLM, ModelConfig
@@ -459,7 +460,7 @@ def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = Non
     out = Path(out_dir)
     cfg = model.cfg
     source = Path(source_dir) if source_dir else (Path(cfg.source_dir) if cfg.source_dir else None)
-    is_writer = jax.process_index() == 0
+    is_writer = distributed.is_writer()
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     if is_writer:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -488,6 +489,7 @@ def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = Non
         total += t.nbytes
     flush()
     if not is_writer:
+        distributed.barrier(f"hf-save:{out}")  # return once process 0 has renamed the export into place
         return out
 
     n = len(shards)
@@ -522,4 +524,5 @@ def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = Non
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp.rename(out)
+    distributed.barrier(f"hf-save:{out}")
     return out

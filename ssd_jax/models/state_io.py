@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ssd_jax import distributed
 from ssd_jax.errors import CheckpointError
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.models.hf import SIDE_FILES, model_config
@@ -31,25 +32,32 @@ def is_state_checkpoint(path: str | os.PathLike) -> bool:
 
 
 def save_state(model: CausalLM, out_dir: str | os.PathLike) -> Path:
+    """Params (orbax, written by every process of a multi-process job into one shared folder) + the HF config and
+    tokenizer files needed to export again (process 0), then one rename; every process returns after it."""
     out = Path(out_dir).absolute()
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "hf").mkdir(parents=True)
-    cfg = model.cfg
-    (tmp / "hf" / "config.json").write_text(json.dumps(cfg.hf_config, indent=2, sort_keys=True) + "\n")
-    if cfg.source_dir:
-        for name in SIDE_FILES:
-            if (Path(cfg.source_dir) / name).exists():
-                shutil.copy2(Path(cfg.source_dir) / name, tmp / "hf" / name)
+    tmp = out.parent / f".{out.name}.tmp"  # the same path on every process: orbax writes one checkpoint
+    writer = distributed.is_writer()
+    if writer:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "hf").mkdir(parents=True)
+        cfg = model.cfg
+        (tmp / "hf" / "config.json").write_text(json.dumps(cfg.hf_config, indent=2, sort_keys=True) + "\n")
+        if cfg.source_dir:
+            for name in SIDE_FILES:
+                if (Path(cfg.source_dir) / name).exists():
+                    shutil.copy2(Path(cfg.source_dir) / name, tmp / "hf" / name)
+    distributed.barrier("state-io-tmp")
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(tmp / "state", params)
     ckptr.wait_until_finished()
-    atomic_write_text(tmp / MARKER, json.dumps({"format": 1, "architecture": cfg.architecture,
-                                                "param_dtype": cfg.param_dtype}) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    if writer:
+        atomic_write_text(tmp / MARKER, json.dumps({"format": 1, "architecture": model.cfg.architecture,
+                                                    "param_dtype": model.cfg.param_dtype}) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    distributed.barrier("state-io-done")
     return out
 
 

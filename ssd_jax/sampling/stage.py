@@ -14,7 +14,7 @@ import zlib
 from dataclasses import asdict
 from pathlib import Path
 
-from ssd_jax import bundled
+from ssd_jax import bundled, distributed
 from ssd_jax.config import DecodeSpec, ProblemSource, PromptSpec, SampleConfig
 from ssd_jax.data import problems as P
 from ssd_jax.data.filters import read_samples
@@ -73,12 +73,14 @@ def request_id(problem_id: str, sample_idx: int) -> int:
 
 
 class SampleStore:
-    """Append-only JSONL of samples keyed by (problem_id, sample_idx)."""
+    """Append-only JSONL of samples keyed by (problem_id, sample_idx). `repair` cuts a line torn by a kill (only the
+    file's one writer may)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, repair: bool = True):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.done: set[tuple[str, int]] = set()
+        self.records: list[dict] = []
         good = 0
         if self.path.exists():
             with open(self.path, "rb") as f:
@@ -95,8 +97,9 @@ class SampleStore:
                 if key in self.done:
                     raise UserError(f"{self.path}: sample {key} appears twice")
                 self.done.add(key)
+                self.records.append(rec)
                 good += len(line)
-            if good != len(data):
+            if good != len(data) and repair:
                 with open(self.path, "r+b") as f:
                     f.truncate(good)
 
@@ -109,16 +112,41 @@ class SampleStore:
         self.done.update((r["problem_id"], r["sample_idx"]) for r in records)
 
 
+def part_path(out: str | os.PathLike, rank: int, n: int) -> Path:
+    """Process `rank`'s own samples in an n-process job, merged into `out` by process 0."""
+    return Path(f"{out}.part-{rank:03d}-of-{n:03d}")
+
+
+def merge_parts(store: SampleStore, pairs: list[tuple[str, int]], n: int) -> int:
+    """Process 0: append every part's samples that `store` lacks, in the canonical (problem, index) order, fsync'ed,
+    then delete the parts. Killed midway, a rerun appends what is still missing (parts go only after the append)."""
+    parts = [part_path(store.path, r, n) for r in range(n)]
+    found: dict[tuple[str, int], dict] = {}
+    for p in parts:
+        if p.exists():
+            for rec in SampleStore(p).records:
+                found.setdefault((rec["problem_id"], int(rec["sample_idx"])), rec)
+    missing = [found[k] for k in pairs if k in found and k not in store.done]
+    if missing:
+        store.append(missing)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return len(missing)
+
+
 def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: int):
     if cfg.backend == "vllm":
         from ssd_jax.sampling.vllm_sampler import VllmSampler
 
         return VllmSampler(str(model_dir), max_model_len=cfg.max_prompt_len + max_new_tokens)
+    import jax
+
     from ssd_jax.models import hf
     from ssd_jax.sampling.jax_sampler import JaxSampler
     from ssd_jax.sharding import MeshConfig, make_mesh
 
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
+    # In a multi-process job each process decodes its own share on its own devices.
+    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.dtype, mesh=mesh,
                     **cfg.model.run_options(decoding=True))
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
@@ -140,8 +168,20 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
 
     read_hf_config(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    store = SampleStore(cfg.out)
-    todo = [(p, i) for p in problems for i in range(cfg.decode.n) if (p.id, i) not in store.done]
+    # In an n-process job each process samples every n-th (problem, index) pair into its own part file on the
+    # shared file system; process 0 merges them into `out` after a barrier.
+    n_proc, rank = distributed.process_count(), distributed.process_index()
+    pairs = [(p, i) for p in problems for i in range(cfg.decode.n)]
+    if distributed.is_writer():
+        store = SampleStore(cfg.out)
+        if n_proc > 1:
+            merge_parts(store, [(p.id, i) for p, i in pairs], n_proc)  # a killed job's finished parts first
+    distributed.barrier(f"sample-open:{cfg.out}")
+    if not distributed.is_writer():
+        store = SampleStore(cfg.out, repair=False)
+    sink = store if n_proc == 1 else SampleStore(part_path(cfg.out, rank, n_proc))
+    todo = [(p, i) for k, (p, i) in enumerate(pairs)
+            if k % n_proc == rank and (p.id, i) not in store.done and (p.id, i) not in sink.done]
     decode_rec = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
                   "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
     if todo:
@@ -149,11 +189,11 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         params = SamplingParams(temperature=trunc.temperature, top_k=trunc.top_k, top_p=trunc.top_p,
                                 max_tokens=cfg.decode.max_tokens, seed=cfg.decode.seed, stop=tuple(cfg.decode.stop))
         progress = None
-        if cfg.progress:
+        if cfg.progress and distributed.is_writer():
             from tqdm import tqdm
 
-            progress = tqdm(total=len(problems) * cfg.decode.n, initial=len(problems) * cfg.decode.n - len(todo),
-                            desc="sample", unit="sample")
+            total = len(pairs[rank::n_proc])
+            progress = tqdm(total=total, initial=total - len(todo), desc="sample", unit="sample")
         group = max(cfg.batch_size, 1) * 4
         try:
             for start in range(0, len(todo), group):
@@ -169,12 +209,17 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
                         "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
                         "backend": cfg.backend,
                     })
-                store.append(recs)
+                sink.append(recs)
                 if progress is not None:
                     progress.update(len(chunk))
         finally:
             if progress is not None:
                 progress.close()
+    if n_proc > 1:
+        distributed.barrier(f"sample-generated:{cfg.out}")
+        if distributed.is_writer():
+            merge_parts(store, [(p.id, i) for p, i in pairs], n_proc)
+        distributed.barrier(f"sample-merged:{cfg.out}")
     samples = read_samples(cfg.out)
     reasons: dict[str, int] = {}
     for s in samples:
@@ -182,5 +227,6 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
     manifest = {"out": str(cfg.out), "samples": len(samples), "problems": report, "decode": decode_rec,
                 "prompt": asdict(pcfg), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
                 "finish_reasons": reasons, "generated_this_run": len(todo)}
-    atomic_write_text(Path(cfg.out).with_suffix(".manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    if distributed.is_writer():
+        atomic_write_text(Path(cfg.out).with_suffix(".manifest.json"), json.dumps(manifest, indent=2) + "\n")
     return manifest

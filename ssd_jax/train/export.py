@@ -9,6 +9,7 @@ from ssd_jax import bundled
 from ssd_jax.config import TrainConfig, load_config
 from ssd_jax.errors import CheckpointError
 from ssd_jax.models import hf
+from ssd_jax.sharding import MeshConfig, make_mesh
 from ssd_jax.train.checkpoint import TrainCheckpointer
 
 
@@ -30,7 +31,9 @@ def export_checkpoint(run_dir: str | os.PathLike, *, step: int | None = None, ou
     model_dir = bundled.resolve_model(cfg.model.path)
     mcfg = hf.model_config(model_dir, dtype=cfg.model.param_dtype, param_dtype=cfg.model.param_dtype,
                            **cfg.model.run_options())
-    model = hf.empty_model(mcfg)
+    # Sharded over every device present (orbax reshards from however the run saved it): each process holds its
+    # shards, never the whole model on one device; tensors reach the host one at a time.
+    model = hf.empty_model(mcfg, make_mesh(MeshConfig(fsdp=-1)))
     ckpt.restore_params(step, model)
     ckpt.close()
     return hf.save(model, out or run / f"export-step-{step}", dtype=dtype, source_dir=model_dir)

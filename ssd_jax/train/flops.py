@@ -10,7 +10,11 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "B200": 2250e12, "A100": 312e12, "
 
 
 def flops_per_token(mcfg, seq_len: int) -> float:
-    """6·N_active (matmul params incl. LM head) + 12·L·(heads·head_dim)·seq for attention, per trained token."""
+    """6·N_active (matmul params incl. LM head) + 6·L·(heads·head_dim)·seq for causal attention, per trained token.
+
+    Attention: QKᵀ and PV are 2·2·heads·head_dim FLOPs per (query, key) pair forward, ×3 with the backward; a
+    causal row has seq/2 keys per query on average (PaLM's 12·L·H·hd·seq counts every pair, and reads as > 100%
+    MFU for a kernel that skips the masked half at 65,536 tokens)."""
     d, L = mcfg.hidden_size, mcfg.num_layers
     attn = d * mcfg.head_dim * (2 * mcfg.num_heads + 2 * mcfg.num_kv_heads)
     if mcfg.moe:
@@ -20,7 +24,7 @@ def flops_per_token(mcfg, seq_len: int) -> float:
     else:
         mlp = L * 3 * d * mcfg.intermediate_size
     n_active = L * attn + mlp + d * mcfg.vocab_size
-    return 6.0 * n_active + 12.0 * L * mcfg.num_heads * mcfg.head_dim * seq_len
+    return 6.0 * n_active + 6.0 * L * mcfg.num_heads * mcfg.head_dim * seq_len
 
 
 def device_peak_flops(peak_tflops: float = 0.0) -> float | None:

@@ -18,13 +18,13 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import bundled
+from ssd_jax import bundled, distributed
 from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.models import hf
-from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh, maybe_initialize_distributed
+from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh
 from ssd_jax.train import optim
 from ssd_jax.train.checkpoint import TrainCheckpointer
 from ssd_jax.train.flops import device_peak_flops, flops_per_token
@@ -102,14 +102,15 @@ def _global_array(host: np.ndarray, sharding) -> jax.Array:
 
 
 def train(cfg: TrainConfig) -> dict:
-    maybe_initialize_distributed()
     accum = validate(cfg, jax.device_count())
     micro = cfg.global_batch // accum
     model_dir = bundled.resolve_model(cfg.model.path)
     hf.read_hf_config(model_dir)  # fail on a bad model before any work
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out / "config.yaml")
+    writer = distributed.is_writer()
+    if writer:
+        dump_yaml(cfg, out / "config.yaml")
 
     # Data: tokenise once (counts what was cut), then a deterministic grain stream of packed batches.
     import transformers
@@ -117,7 +118,8 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     records = sft.read_sft_jsonl(cfg.data.train_file)
     examples, stats = sft.tokenize_dataset(records, tokenizer, cfg.data)
-    atomic_write_text(out / "data_stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+    if writer:
+        atomic_write_text(out / "data_stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
 
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
@@ -189,6 +191,6 @@ def train(cfg: TrainConfig) -> dict:
     summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
                "data": stats.to_dict(), "accumulation": accum, "devices": jax.device_count(),
                "mesh": dict(mesh.shape)}
-    if jax.process_index() == 0:
+    if writer:
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

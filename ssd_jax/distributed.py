@@ -1,0 +1,65 @@
+"""Multi-process runs: join the job before anything starts a JAX backend, then one writer and barriers.
+
+`jax.distributed.initialize()` must be the first JAX call of a process (asking `jax.process_count()` first starts
+the backend and makes it raise), so the CLI calls `initialize()` before any stage runs. A process joins when
+the launcher sets jax's own variables (`JAX_COORDINATOR_ADDRESS`, `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`), or
+`SSD_JAX_DISTRIBUTED=auto` asks JAX to detect the cluster (SLURM, Open MPI, TPU pods). On CPU the processes
+talk through gloo, so a job of N processes on one machine runs like N hosts.
+
+Every file a stage writes has one writer (process 0), or one file per process that process 0 merges after a
+barrier. `process_count()`/`process_index()` here never start a backend for a single-process run (the vLLM stages
+must not let JAX claim the GPU).
+"""
+
+from __future__ import annotations
+
+import os
+
+_JOINED: tuple[int, int] | None = None  # (processes, this process) once initialize() joined a job
+
+
+def initialize() -> bool:
+    """Join the multi-process job the environment describes; True if one was joined (idempotent)."""
+    global _JOINED
+    if _JOINED is not None:
+        return True
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    auto = os.environ.get("SSD_JAX_DISTRIBUTED", "").lower() == "auto"
+    if not address and not auto:
+        return False
+    import jax
+
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices' collectives across processes
+    if address:
+        from ssd_jax.errors import ConfigError
+
+        try:
+            n, rank = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+        except (KeyError, ValueError):
+            raise ConfigError("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
+                              "integers too") from None
+        jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=rank)
+    else:
+        jax.distributed.initialize()
+    _JOINED = (jax.process_count(), jax.process_index())
+    return True
+
+
+def process_count() -> int:
+    return _JOINED[0] if _JOINED else 1
+
+
+def process_index() -> int:
+    return _JOINED[1] if _JOINED else 0
+
+
+def is_writer() -> bool:
+    return process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (no-op in a single-process run)."""
+    if process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

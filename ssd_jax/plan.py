@@ -1,0 +1,319 @@
+"""`ssd-jax plan`: will this run fit its mesh, and how fast could it go, before anyone rents the GPUs.
+
+The model is built from `config.json` alone (abstract arrays, no weights). The real train step (micro-batch scan,
+forward, backward, AdamW) at the config's real shapes is lowered and compiled for a mesh of N simulated CPU devices,
+with the config's mesh axes, dtypes, remat, attention and MoE options. Per device it reports what XLA says the
+program needs (`compiled.memory_analysis()`), the FLOPs and the collective traffic read from the compiled HLO
+(every loop iteration counted: ssd_jax/hlo.py), the step time and MFU these imply at the device's peak, and a
+fit verdict against its HBM. The sampling stage is planned by arithmetic (weights + KV cache).
+
+What a CPU compile cannot know, stated with the numbers: XLA:CPU computes bf16 in fp32, so bf16 activations and
+collective payloads appear as fp32 copies (temp bytes and collective traffic are upper estimates, up to 2×, for
+bf16 compute on GPU/TPU); the MoE grouped GEMM is the tiled loop and the expert-parallel exchange the padded
+all_to_all (a GPU run uses a grouped-GEMM kernel and ragged_all_to_all into buffers of the same size, moving only
+the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from ssd_jax.config import RunConfig, TrainConfig, from_dict, load_yaml
+from ssd_jax.errors import ConfigError, UserError
+
+HF_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hf"
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class DeviceKind:
+    name: str
+    hbm_bytes: float
+    peak_flops: float  # dense bf16 FLOP/s
+    link_bytes_per_s: float  # one direction, per device (NVLink / ICI)
+
+
+# Public spec sheets: B200 as in DGX B200 (1,440 GB over 8 GPUs; NVLink 5 1.8 TB/s both directions), H200 and H100
+# SXM (NVLink 4 900 GB/s both directions), TPU v5p (95 GB HBM, 4,800 Gbps ICI per chip).
+DEVICE_KINDS = {
+    "b200": DeviceKind("NVIDIA B200", 180 * GB, 2250e12, 900 * GB),
+    "h200": DeviceKind("NVIDIA H200", 141 * GB, 989e12, 450 * GB),
+    "h100": DeviceKind("NVIDIA H100 80GB", 80 * GB, 989e12, 450 * GB),
+    "tpu-v5p": DeviceKind("TPU v5p", 95 * GB, 459e12, 600 * GB),
+}
+# Share of HBM a JAX program may plan on: the rest is the runtime, cuBLAS/cuDNN workspaces and fragmentation
+# (set XLA_PYTHON_CLIENT_MEM_FRACTION to at least this; JAX's default preallocation is 0.75).
+USABLE_HBM_FRACTION = 0.90
+BLOCKWISE_TILE = 512  # models/attention.py's default KV tile
+# vLLM's default share of GPU memory for weights + KV cache.
+VLLM_MEMORY_UTILIZATION = 0.90
+
+
+def use_simulated_devices(n: int) -> None:
+    """Make JAX see `n` CPU devices. Must run before JAX initialises a backend (the CLI calls it first thing);
+    afterwards it only checks that enough devices exist."""
+    import jax
+
+    try:
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", n)
+    except RuntimeError:
+        pass  # a backend is already up: use what it has
+    have = len(jax.devices("cpu"))
+    if have < n:
+        raise UserError(f"--devices {n}: this process already has {have} CPU devices (set "
+                        f"XLA_FLAGS=--xla_force_host_platform_device_count={n} before JAX starts)")
+
+
+def load_plan_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
+    """A run config (configs/<model>.yaml), or a train config, which becomes the train section of a run."""
+    from ssd_jax.config import apply_overrides
+
+    data = apply_overrides(load_yaml(path), list(overrides))
+    if {"train", "sample", "eval", "rounds"} & set(data):
+        return from_dict(RunConfig, data, str(path))
+    train = from_dict(TrainConfig, data, str(path))
+    return RunConfig(model=train.model, mesh=train.mesh, train=train)
+
+
+def hf_config_dir(model_path: str, override: str | None = None) -> Path:
+    """Where config.json comes from: --hf-config, a local model directory, or the copy shipped under configs/hf/."""
+    candidates = [Path(override)] if override else [Path(model_path), HF_CONFIGS / Path(model_path).name]
+    for c in candidates:
+        if (c / "config.json").is_file():
+            return c
+    raise UserError(f"model.path {model_path!r}: no config.json in {' or '.join(str(c) for c in candidates)} "
+                    f"(pass --hf-config DIR)")
+
+
+def _shard_bytes(tree) -> float:
+    import jax
+
+    total = 0.0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += math.prod(shape) * leaf.dtype.itemsize
+    return total
+
+
+def _placed(node, mesh, params: set[str]):
+    """Give every abstract array of an NNX object the sharding of the parameter its path ends in (the parameters
+    themselves, and the optimizer moments that follow them); anything else (step counters) replicated."""
+    import jax
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ssd_jax.sharding import param_spec, path_str
+
+    flat = []
+    for path, var in nnx.to_flat_state(nnx.state(node)):
+        a = var.get_value()
+        names = [str(p) for p in path]
+        owner = next((".".join(names[i:]) for i in range(len(names)) if ".".join(names[i:]) in params), None)
+        spec = param_spec(owner, a.shape, mesh) if owner else P()
+        flat.append((path, var.replace(jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, spec)))))
+    nnx.update(node, nnx.from_flat_state(flat))
+    return node
+
+
+def _loop_trips(mcfg, mesh, micro: int, seq: int) -> dict[str, float]:
+    """Trip counts for the loops whose length depends on data, as the compiled program cannot know them:
+    - blockwise attention: a query tile of a causal row of n KV tiles visits (n + 1) / 2 of them on average (one
+      segment per row; packed segments skip more, so this is an upper estimate);
+    - the MoE's tiled grouped GEMM: the tiles of the rows a device receives under even routing (its N_loc·k
+      routed rows, each local expert's group padded to whole tiles: half a tile per group on average)."""
+    from ssd_jax.models import attention, moe
+    from ssd_jax.sharding import BATCH_AXES
+
+    trips = {attention.LIVE_TILES_SCOPE: (-(-seq // min(BLOCKWISE_TILE, seq)) + 1) / 2}
+    if mcfg.moe:
+        ep = mesh.shape["expert"]
+        groups = mcfg.moe.num_experts // ep
+        rows = micro * seq // math.prod(mesh.shape[a] for a in BATCH_AXES) * mcfg.moe.top_k
+        trips[moe.TILES_SCOPE] = rows / moe.tile_rows(rows, groups) + groups / 2
+    return trips
+
+
+def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from ssd_jax import hlo
+    from ssd_jax.models import hf
+    from ssd_jax.sharding import BATCH_AXES, MeshConfig, make_mesh, path_str
+    from ssd_jax.train import optim
+    from ssd_jax.train.flops import flops_per_token
+    from ssd_jax.train.loop import validate
+    from ssd_jax.train.step import make_train_step
+
+    checked = replace(cfg, model=replace(cfg.model, path=str(model_dir)), data=replace(cfg.data, train_file="-"))
+    accum = validate(checked, devices)
+    micro, seq = cfg.global_batch // accum, cfg.data.seq_len
+    mcfg = hf.model_config(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                           **cfg.model.run_options())
+    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.devices("cpu")[:devices])
+
+    def build():
+        model = hf.empty_model(mcfg, mesh)
+        return model, optim.create(model, cfg.optim, mesh)
+
+    model, opt = nnx.eval_shape(build)
+    params = {path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    model, opt = _placed(model, mesh, params), _placed(opt, mesh, params)
+    rows = NamedSharding(mesh, P(None, BATCH_AXES, None))
+    batch = {k: jax.ShapeDtypeStruct((accum, micro, seq), jnp.float32 if k == "weights" else jnp.int32, sharding=rows)
+             for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
+    step = make_train_step(cfg.chunk_tokens, mesh, cfg.moe_aux_loss_coef)
+    t0 = time.perf_counter()
+    compiled = step.lower(model, opt, batch).compile()
+    compile_s = time.perf_counter() - t0
+    mem = compiled.memory_analysis()
+    stats = hlo.program_stats(compiled.as_text(), devices, loop_trips=_loop_trips(mcfg, mesh, micro, seq))
+    params, opt_state = nnx.state(model, nnx.Param), nnx.state(opt)
+    p_bytes, o_bytes, b_bytes = _shard_bytes(params), _shard_bytes(opt_state), _shard_bytes(batch)
+    peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+    tokens = cfg.global_batch * seq
+    model_flops = flops_per_token(mcfg, seq) * tokens / devices
+    compute_s = stats.flops / kind.peak_flops
+    comm_s = stats.traffic_bytes / kind.link_bytes_per_s
+    step_s = compute_s + comm_s
+    return {
+        "model": {"architecture": mcfg.architecture, "params": mcfg.num_params(), "layers": mcfg.num_layers,
+                  "experts": mcfg.moe.num_experts if mcfg.moe else 0},
+        "mesh": dict(mesh.shape),
+        "shapes": {"global_batch": cfg.global_batch, "micro_batch": micro, "accumulation": accum, "seq_len": seq,
+                   "tokens_per_step": tokens},
+        "options": {"dtype": mcfg.dtype, "param_dtype": mcfg.param_dtype, "remat": mcfg.remat,
+                    "attention_impl": mcfg.attention_impl,
+                    **({"moe_impl": mcfg.moe.impl, "moe_dispatch": mcfg.moe.dispatch,
+                        "moe_capacity_factor": mcfg.moe.capacity_factor,
+                        "moe_grouped_gemm": mcfg.moe.grouped_gemm} if mcfg.moe else {})},
+        "memory_per_device": {
+            "parameters": p_bytes, "optimizer": o_bytes, "batch": b_bytes,
+            "gradients_fp32_in_temp": _shard_bytes(jax.tree.map(
+                lambda a: jax.ShapeDtypeStruct(a.shape, jnp.float32, sharding=a.sharding), params)),
+            "arguments": float(mem.argument_size_in_bytes), "temp": float(mem.temp_size_in_bytes),
+            "outputs": float(mem.output_size_in_bytes), "aliased": float(mem.alias_size_in_bytes),
+            "peak": float(peak),
+        },
+        "flops_per_device": stats.flops,
+        "data_dependent_loops": stats.unknown_loops,
+        "data_dependent_loop_trips": _loop_trips(mcfg, mesh, micro, seq),
+        "model_flops_per_device": model_flops,
+        "collectives": {k: dataclasses.asdict(v) for k, v in sorted(stats.collectives.items())},
+        "time": {"compute_s": compute_s, "collectives_s": comm_s, "step_s": step_s,
+                 "mfu": model_flops / (step_s * kind.peak_flops) if step_s else None},
+        "fits": peak <= USABLE_HBM_FRACTION * kind.hbm_bytes,
+        "compile_s": compile_s,
+    }
+
+
+def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str, Any]:
+    """Weights and KV cache of the sampling and evaluation stages on one device (one engine per device)."""
+    from ssd_jax.models import hf
+
+    mcfg = hf.model_config(model_dir)
+    kv_dtype_bytes = 2  # bf16 cache (vLLM serves the bf16 export; the JAX sampler at bf16 compute)
+    kv_per_token = mcfg.num_layers * 2 * mcfg.num_kv_heads * mcfg.head_dim * kv_dtype_bytes
+    weights = mcfg.num_params() * 2
+    out = {"weights_bf16": float(weights), "kv_bytes_per_token": float(kv_per_token), "stages": {}}
+    budget = (VLLM_MEMORY_UTILIZATION if cfg.sample.backend == "vllm" else USABLE_HBM_FRACTION) * kind.hbm_bytes
+    for name, stage in (("sample", cfg.sample), ("eval", cfg.eval)):
+        seq = stage.max_prompt_len + stage.decode.max_tokens
+        per_seq = kv_per_token * seq
+        concurrent = max(0.0, (budget - weights) // per_seq)
+        need = weights + (per_seq if stage.backend == "vllm" else per_seq * stage.batch_size)
+        out["stages"][name] = {
+            "backend": stage.backend, "max_seq_tokens": seq, "kv_bytes_per_sequence": float(per_seq),
+            "full_length_sequences_that_fit": int(concurrent), "batch_size": stage.batch_size,
+            "bytes_needed": float(need), "fits": need <= budget,
+        }
+    out["fits"] = all(s["fits"] for s in out["stages"].values())
+    return out
+
+
+def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config: str | None = None,
+         hbm_gb: float | None = None) -> dict:
+    """The whole report (JSON-ready); `hbm_gb` judges against that much memory instead of the kind's."""
+    if device_kind not in DEVICE_KINDS:
+        raise ConfigError(f"--device-kind {device_kind!r}: expected one of {', '.join(DEVICE_KINDS)}")
+    kind = DEVICE_KINDS[device_kind]
+    if hbm_gb is not None:
+        if hbm_gb <= 0:
+            raise ConfigError(f"--hbm-gb {hbm_gb}: expected a positive number of GB")
+        kind = replace(kind, hbm_bytes=hbm_gb * GB)
+    model_dir = hf_config_dir(cfg.model.path, hf_config)
+    train_cfg = replace(cfg.train, model=cfg.model, mesh=cfg.mesh)
+    report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
+              "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
+              "train": plan_train(train_cfg, model_dir, devices, kind),
+              "sampling": plan_sampling(cfg, model_dir, kind)}
+    report["fits"] = report["train"]["fits"] and report["sampling"]["fits"]
+    return report
+
+
+def _trips(trips: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in trips.items())
+
+
+def _gib(x: float) -> str:
+    return f"{x / 2**30:,.1f} GiB"
+
+
+def format_report(r: dict) -> str:
+    t, s, k = r["train"], r["sampling"], r["device"]
+    m = t["memory_per_device"]
+    hbm = k["hbm_bytes"]
+    lines = [
+        f"plan: {r['config']} — {r['model_path']} ({t['model']['architecture']}, {t['model']['params']:,} params)",
+        f"mesh {t['mesh']} on {r['devices']} × {k['name']} ({hbm / GB:.0f} GB HBM, {k['peak_flops'] / 1e12:.0f} "
+        f"TFLOP/s bf16, {k['link_bytes_per_s'] / GB:.0f} GB/s link); compiled in {t['compile_s']:.0f} s",
+        f"train step: global batch {t['shapes']['global_batch']} × {t['shapes']['seq_len']} tokens = "
+        f"{t['shapes']['accumulation']} micro-steps of {t['shapes']['micro_batch']} rows; options {t['options']}",
+        "",
+        "per device                      bytes",
+        f"  parameters                    {_gib(m['parameters'])}",
+        f"  optimizer state               {_gib(m['optimizer'])}",
+        f"  batch                         {_gib(m['batch'])}",
+        f"  gradients (fp32, in temp)     {_gib(m['gradients_fp32_in_temp'])}",
+        f"  temp (XLA)                    {_gib(m['temp'])}",
+        f"  peak = args + temp + out − aliased   {_gib(m['peak'])}   of {_gib(hbm)} "
+        f"({m['peak'] / hbm:.0%}; plan limit {r['usable_hbm_fraction']:.0%})",
+        "",
+        f"FLOPs per device per step       {t['flops_per_device']:.3e} (compiled dots incl. remat recompute; loops "
+        f"of data-dependent length {t['data_dependent_loops']} at {_trips(t['data_dependent_loop_trips'])} trips)",
+        f"model FLOPs per device per step {t['model_flops_per_device']:.3e} (6·N_active + causal attention)",
+        "collectives per device per step (ring traffic; XLA:CPU moves bf16 tensors as fp32: up to 2× a GPU's):",
+    ]
+    for kind_name, c in t["collectives"].items():
+        lines.append(f"  {kind_name:<20} {c['count']:>8.0f} ×   {_gib(c['traffic_bytes']):>14}")
+    tm = t["time"]
+    lines += [
+        f"implied step time {tm['step_s']:.2f} s = compute at peak {tm['compute_s']:.2f} s + collectives at link "
+        f"bandwidth {tm['collectives_s']:.2f} s (no overlap); MFU at that time {tm['mfu']:.1%} (remat and "
+        f"exposed collectives are what keeps it under 100%)",
+        f"train fits: {'yes' if t['fits'] else 'NO'}",
+        "",
+        f"sampling: weights {_gib(s['weights_bf16'])} bf16, KV {s['kv_bytes_per_token'] / 2**10:.0f} KiB per token",
+    ]
+    for name, st in s["stages"].items():
+        lines.append(f"  {name:<6} {st['backend']:<5} {st['max_seq_tokens']:>7} tokens/seq: KV "
+                     f"{_gib(st['kv_bytes_per_sequence'])} per sequence, {st['full_length_sequences_that_fit']} "
+                     f"full-length sequences fit per device; fits: {'yes' if st['fits'] else 'NO'}")
+    lines.append(f"verdict: {'FITS' if r['fits'] else 'DOES NOT FIT'}")
+    return "\n".join(lines)
+
+
+def write_report(report: dict, path: str | os.PathLike) -> None:
+    from ssd_jax.io_utils import atomic_write_text
+
+    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
