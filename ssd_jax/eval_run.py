@@ -16,6 +16,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ssd_jax import distributed
 from ssd_jax.code import extract_code
 from ssd_jax.config import EvalConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
@@ -85,7 +86,7 @@ def write_lcb_output(samples: list[dict], path: Path) -> None:
 
 def sample_config(cfg: EvalConfig, out: Path) -> SampleConfig:
     return SampleConfig(model=cfg.model, problems=cfg.problems, prompt=cfg.prompt, decode=cfg.decode, mesh=cfg.mesh,
-                        backend=cfg.backend, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
+                        backend=cfg.backend, vllm=cfg.vllm, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
                         out=str(out), round=0, progress=cfg.progress)
 
 
@@ -104,6 +105,17 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
     else:
         samples_path = Path(samples_file)
         where = str(samples_path)
+    if not distributed.is_writer():  # a multi-process job: process 0 grades; the others read its metrics
+        distributed.barrier(f"eval-graded:{out}")
+        return json.loads((out / "metrics.json").read_text())
+    try:
+        return _grade_and_report(cfg, out, problems, report, samples_path, where)
+    finally:
+        distributed.barrier(f"eval-graded:{out}")
+
+
+def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], report: dict, samples_path: Path,
+                      where: str) -> dict:
     samples = read_samples(samples_path)
     if not samples:
         raise UserError(f"{where}: no samples to grade")

@@ -13,14 +13,17 @@ store, the trainer's checkpoints and the grader's graded.jsonl each resume thems
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from ssd_jax import __version__
+from ssd_jax import __version__, distributed
 from ssd_jax.config import DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
@@ -28,6 +31,8 @@ from ssd_jax.eval_run import run_eval
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import PRESETS
 from ssd_jax.sampling.stage import run_sample
+from ssd_jax.train.checkpoint import TrainCheckpointer
+from ssd_jax.train.export import export_checkpoint
 from ssd_jax.train.loop import train
 
 
@@ -68,7 +73,8 @@ class Manifest:
         return self.doc["stages"].get(stage, {}).get("status") == "done"
 
     def save(self) -> None:
-        atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
+        if distributed.is_writer():
+            atomic_write_text(self.path, json.dumps(self.doc, indent=2) + "\n")
 
 
 def base_eval_decode(cfg: RunConfig) -> DecodeSpec:
@@ -84,14 +90,114 @@ def base_eval_decode(cfg: RunConfig) -> DecodeSpec:
     return cfg.eval.decode
 
 
+def separate_processes(cfg: RunConfig) -> bool:
+    """Whether each JAX or vLLM stage runs in a child process (see RunConfig.stage_processes)."""
+    if cfg.stage_processes == "auto":
+        return "vllm" in (cfg.sample.backend, cfg.eval.backend) or (cfg.eval_base and cfg.eval.backend == "vllm")
+    return cfg.stage_processes == "always"
+
+
+class Stages:
+    """Runs the sample, train and eval stages in this process, or each as `ssd-jax <stage> --config <its YAML>` in
+    a child process (the YAML is kept beside the stage's outputs), and returns the same record either way."""
+
+    def __init__(self, separate: bool):
+        self.separate = separate
+
+    def _child(self, command: str, cfg, config_path: Path) -> None:
+        dump_yaml(cfg, config_path)
+        rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", command, "--config", str(config_path)]).returncode
+        if rc != 0:
+            raise UserError(f"the {command} stage failed in its own process (exit {rc}); rerun it alone with "
+                            f"`ssd-jax {command} --config {config_path}`")
+
+    def sample(self, cfg, config_path: Path) -> dict:
+        if not self.separate:
+            return run_sample(cfg)
+        self._child("sample", cfg, config_path)
+        return json.loads(Path(cfg.out).with_suffix(".manifest.json").read_text())
+
+    def train(self, cfg) -> dict:
+        if not self.separate:
+            return train(cfg)
+        self._child("train", cfg, Path(cfg.out_dir).parent / "train.yaml")
+        return json.loads((Path(cfg.out_dir) / "train_summary.json").read_text())
+
+    def export(self, run_dir: Path, step: int, out: Path, dtype: str) -> None:
+        if (out / "config.json").exists():
+            return
+        if not self.separate:
+            export_checkpoint(run_dir, step=step, out=out, dtype=dtype)
+            return
+        rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", "export", "--run", str(run_dir), "--step",
+                             str(step), "--out", str(out), "--dtype", dtype]).returncode
+        if rc != 0:
+            raise UserError(f"exporting step {step} of {run_dir} failed in its own process (exit {rc})")
+
+    def eval(self, cfg) -> dict:
+        if not self.separate:
+            return run_eval(cfg)
+        self._child("eval", cfg, Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}.yaml")
+        return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+
+
+def check_selection(cfg: RunConfig) -> None:
+    sel, t = cfg.select, cfg.train
+    if sel.protocol == "final":
+        return
+    if sel.every < 1:
+        raise ConfigError(f"select.every={sel.every}: expected at least 1")
+    saved = -(-t.optim.total_steps // t.checkpoint_every)
+    if t.keep_checkpoints < saved:
+        raise ConfigError(f"select.protocol={sel.protocol} compares the saved checkpoints, but train.keep_checkpoints="
+                          f"{t.keep_checkpoints} deletes all but the last of the {saved} that "
+                          f"total_steps/checkpoint_every saves; set train.keep_checkpoints >= {saved}")
+    if sel.protocol == "best_on_heldout" and sel.heldout is None:
+        raise ConfigError("select.protocol=best_on_heldout: select.heldout (a problem source) is required")
+    if not sel.metric.startswith("pass@"):
+        raise ConfigError(f"select.metric={sel.metric!r}: expected pass@k")
+
+
+def select_checkpoint(cfg: RunConfig, rd: Path, final, stages: Stages) -> dict:
+    """Export and evaluate the candidate checkpoints of round folder `rd`; return the select stage's record."""
+    sel = cfg.select
+    ckpt = TrainCheckpointer(rd / "train" / "checkpoints", every=1, keep=10**9, async_save=False)
+    steps = sorted(ckpt.all_steps())
+    ckpt.close()
+    candidates = sorted({s for i, s in enumerate(steps, 1) if i % sel.every == 0} | {steps[-1]})
+    scores: dict[int, float] = {}
+    for step in candidates:
+        model = final if step == steps[-1] else replace(final, path=str(rd / "train" / f"export-step-{step}"))
+        if step != steps[-1]:
+            stages.export(rd / "train", step, Path(model.path), cfg.train.export_dtype)
+        on = cfg.eval if sel.protocol == "best_on_eval" else replace(cfg.eval, problems=sel.heldout)
+        doc = stages.eval(replace(on, model=model, mesh=cfg.mesh, out_dir=str(rd / "select" / f"step-{step}")))
+        overall = doc["metrics"]["overall"]
+        if sel.metric not in overall:
+            raise ConfigError(f"select.metric={sel.metric!r}: the evaluation reports {sorted(overall)}")
+        scores[step] = float(overall[sel.metric])
+    chosen = max(candidates, key=lambda s: (scores[s], s))
+    model = final.path if chosen == steps[-1] else str(rd / "train" / f"export-step-{chosen}")
+    return {"protocol": sel.protocol, "metric": sel.metric, "scores": {str(s): v for s, v in scores.items()},
+            "step": chosen, "model": model}
+
+
 def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dict:
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
+    check_selection(cfg)
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
+    stages = Stages(separate_processes(cfg))
+    if stages.separate and (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SSD_JAX_DISTRIBUTED")):
+        raise ConfigError("a multi-process `ssd-jax run` cannot yet run its stages in child processes: set "
+                          "stage_processes: never (vLLM stages then need their own run of `ssd-jax sample`/`eval`)")
+    if not stages.separate:
+        distributed.initialize()  # a multi-process job runs every stage here; with child stages, they join it
     root = Path(cfg.out_dir or f"runs/{cfg.name}")
     root.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, root / "config.yaml")
+    if distributed.is_writer():
+        dump_yaml(cfg, root / "config.yaml")
     man = Manifest(root / "manifest.json", cfg)
     results: dict = {"run": str(root), "rounds": []}
 
@@ -99,7 +205,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         decode = base_eval_decode(cfg)
         ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
-        doc = run_eval(ev)
+        doc = stages.eval(ev)
         man.set("base-eval", "done", overall=doc["metrics"]["overall"])
         results["base"] = doc["metrics"]["overall"]
 
@@ -111,12 +217,16 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         st = f"round-{r}/sample"
         if not man.done(st):
             man.set(st, "running", model=current.path)
-            m = run_sample(replace(cfg.sample, model=current, mesh=cfg.mesh, out=str(samples), round=r))
+            m = stages.sample(replace(cfg.sample, model=current, mesh=cfg.mesh, out=str(samples), round=r),
+                              rd / "sample.yaml")
             man.set(st, "done", samples=m["samples"], finish_reasons=m["finish_reasons"], problems=m["problems"])
         st = f"round-{r}/filter"
         if not man.done(st):
             man.set(st, "running")
-            stats = run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
+            if distributed.is_writer():
+                run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
+            distributed.barrier(f"filter:{filtered}")
+            stats = json.loads((rd / "filter_stats.json").read_text())
             if stats["kept"] == 0:
                 reasons = man.doc["stages"].get(f"round-{r}/sample", {}).get("finish_reasons")
                 raise UserError(f"{filtered}: the filter kept 0 of {stats['total']} samples (dropped "
@@ -128,15 +238,30 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
                        data=replace(cfg.train.data, train_file=str(filtered)))
         if not man.done(st):
             man.set(st, "running")
-            summary = train(tcfg)
+            summary = stages.train(tcfg)
             man.set(st, "done", final=summary["final"], export=summary["export"])
         export = str(rd / "train" / "export")
+        if cfg.select.protocol != "final":
+            st = f"round-{r}/select"
+            if not man.done(st):
+                man.set(st, "running")
+                man.set(st, "done", **select_checkpoint(cfg, rd, replace(current, path=export), stages))
+            chosen = man.doc["stages"][st]
+            export = chosen["model"]
+            if cfg.select.protocol == "best_on_eval" and not (rd / "eval").exists():
+                # The chosen checkpoint's evaluation is the round's: its samples and grades are reused, not redone.
+                tmp = rd / ".eval.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(rd / "select" / f"step-{chosen['step']}", tmp)
+                tmp.rename(rd / "eval")
         current = replace(current, path=export)
         st = f"round-{r}/eval"
         if not man.done(st):
             man.set(st, "running", model=export)
-            doc = run_eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
+            doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
             man.set(st, "done", overall=doc["metrics"]["overall"])
-        results["rounds"].append({"round": r, "model": export, **man.doc["stages"][st]})
-    atomic_write_text(root / "summary.json", json.dumps(results, indent=2) + "\n")
+        step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
+        results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
+    if distributed.is_writer():
+        atomic_write_text(root / "summary.json", json.dumps(results, indent=2) + "\n")
     return results

@@ -52,8 +52,6 @@ DEVICE_KINDS = {
 # (set XLA_PYTHON_CLIENT_MEM_FRACTION to at least this; JAX's default preallocation is 0.75).
 USABLE_HBM_FRACTION = 0.90
 BLOCKWISE_TILE = 512  # models/attention.py's default KV tile
-# vLLM's default share of GPU memory for weights + KV cache.
-VLLM_MEMORY_UTILIZATION = 0.90
 
 
 def use_simulated_devices(n: int) -> None:
@@ -218,7 +216,8 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
 
 
 def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str, Any]:
-    """Weights and KV cache of the sampling and evaluation stages on one device (one engine per device)."""
+    """Weights and KV cache of the sampling and evaluation stages per engine (vLLM: `vllm.tensor_parallel_size`
+    devices at `vllm.gpu_memory_utilization`; the JAX sampler: one device, `batch_size` full-length rows)."""
     from ssd_jax.models import hf
 
     mcfg = hf.model_config(model_dir)
@@ -226,16 +225,19 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str
     kv_per_token = mcfg.num_layers * 2 * mcfg.num_kv_heads * mcfg.head_dim * kv_dtype_bytes
     weights = mcfg.num_params() * 2
     out = {"weights_bf16": float(weights), "kv_bytes_per_token": float(kv_per_token), "stages": {}}
-    budget = (VLLM_MEMORY_UTILIZATION if cfg.sample.backend == "vllm" else USABLE_HBM_FRACTION) * kind.hbm_bytes
     for name, stage in (("sample", cfg.sample), ("eval", cfg.eval)):
-        seq = stage.max_prompt_len + stage.decode.max_tokens
+        vllm = stage.backend == "vllm"
+        gpus = stage.vllm.tensor_parallel_size if vllm else 1  # one engine's devices
+        budget = (stage.vllm.gpu_memory_utilization if vllm else USABLE_HBM_FRACTION) * kind.hbm_bytes * gpus
+        seq = stage.vllm.max_model_len if vllm and stage.vllm.max_model_len else stage.max_prompt_len + \
+            stage.decode.max_tokens
         per_seq = kv_per_token * seq
         concurrent = max(0.0, (budget - weights) // per_seq)
-        need = weights + (per_seq if stage.backend == "vllm" else per_seq * stage.batch_size)
+        need = weights + (per_seq if vllm else per_seq * stage.batch_size)
         out["stages"][name] = {
-            "backend": stage.backend, "max_seq_tokens": seq, "kv_bytes_per_sequence": float(per_seq),
-            "full_length_sequences_that_fit": int(concurrent), "batch_size": stage.batch_size,
-            "bytes_needed": float(need), "fits": need <= budget,
+            "backend": stage.backend, "devices_per_engine": gpus, "max_seq_tokens": seq,
+            "kv_bytes_per_sequence": float(per_seq), "full_length_sequences_that_fit": int(concurrent),
+            "batch_size": stage.batch_size, "bytes_needed": float(need), "fits": need <= budget,
         }
     out["fits"] = all(s["fits"] for s in out["stages"].values())
     return out
@@ -308,7 +310,8 @@ def format_report(r: dict) -> str:
     for name, st in s["stages"].items():
         lines.append(f"  {name:<6} {st['backend']:<5} {st['max_seq_tokens']:>7} tokens/seq: KV "
                      f"{_gib(st['kv_bytes_per_sequence'])} per sequence, {st['full_length_sequences_that_fit']} "
-                     f"full-length sequences fit per device; fits: {'yes' if st['fits'] else 'NO'}")
+                     f"full-length sequences fit per engine of {st['devices_per_engine']} device(s); fits: "
+                     f"{'yes' if st['fits'] else 'NO'}")
     lines.append(f"verdict: {'FITS' if r['fits'] else 'DOES NOT FIT'}")
     return "\n".join(lines)
 

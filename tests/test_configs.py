@@ -73,6 +73,10 @@ def test_paper_run_config(name):
     assert cfg.sample.problems.kind == "rstar" and cfg.eval.problems.kind == "lcb"
     assert cfg.eval.problems.window == "v6" and cfg.filter.preset == "paper"
     assert cfg.eval.grader.mode == "lcb_compat" and cfg.eval.grader.timeout_s == 6.0
+    # vLLM on the GPUs, in processes of its own, every request at once; the round's model is its last checkpoint.
+    assert cfg.sample.backend == cfg.eval.backend == "vllm" and cfg.stage_processes == "auto"
+    assert cfg.sample.vllm.tensor_parallel_size == 1 and cfg.select.protocol == "final"
+    assert cfg.sample.vllm.replicas == cfg.eval.vllm.replicas == 8  # one engine per GPU of the 8
     # SFT (paper §3.1, App. C.1): the instruct or thinking schedule.
     o, t = cfg.train.optim, cfg.train
     assert (o.peak_lr, o.floor_lr, o.b1, o.b2, o.weight_decay) == (5e-6, 1e-6, 0.9, 0.95, 0.1)

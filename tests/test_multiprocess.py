@@ -136,3 +136,19 @@ def test_two_processes_sample_every_problem_once(setup):
     assert not list(two.parent.glob("*.part-*"))
     manifest = json.loads(two.with_suffix(".manifest.json").read_text())
     assert manifest["samples"] == PROBLEMS * N
+
+
+@pytest.mark.slow
+def test_two_processes_evaluate_one_graded_file(setup):
+    """`ssd-jax eval` on 2 processes: both sample, process 0 grades once, both report the same metrics."""
+    cfg = setup / "eval.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "model": {"path": str(setup / "model")}, "problems": {"kind": "humaneval", "limit": 3},
+        "decode": {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "max_tokens": 6, "n": 2}, "ks": [1, 2],
+        "batch_size": 2, "max_prompt_len": 512, "progress": False, "mesh": {"fsdp": -1},
+        "out_dir": str(setup / "eval")}))
+    outs = finish(launch(["eval", "--config", str(cfg)], 2))
+    graded = [json.loads(line) for line in (setup / "eval" / "graded.jsonl").read_text().splitlines()]
+    assert sorted((g["problem_id"], g["sample_idx"]) for g in graded) == \
+        sorted((f"HumanEval/{i}", j) for i in range(3) for j in range(2))
+    assert outs[0].splitlines()[-1] == outs[1].splitlines()[-1]  # the same pass@k line from both processes

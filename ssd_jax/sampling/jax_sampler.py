@@ -10,7 +10,7 @@ depend on which other requests share its batch. The decode loop runs `chunk` tok
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -109,29 +109,38 @@ class JaxSampler:
     def generate(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
                  request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:
         """One completion per prompt. `request_ids` (default 0..n-1) seed each request's PRNG stream."""
+        results: list[Completion | None] = [None] * len(prompts)
+        for finished in self.stream(prompts, params, request_ids):
+            for i, c in finished:
+                results[i] = c
+            if progress is not None:
+                progress(len(finished))
+        return results  # type: ignore[return-value]
+
+    def stream(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
+               request_ids: Sequence[int] | None = None) -> Iterator[list[tuple[int, Completion]]]:
+        """(prompt index, completion) pairs, a batch at a time as each finishes (the Sampler interface that lets
+        a stage append results as they come)."""
         n = len(prompts)
         params = [params] * n if isinstance(params, SamplingParams) else list(params)
         request_ids = list(range(n)) if request_ids is None else list(request_ids)
         ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] if isinstance(p, str) else list(p)
                for p in prompts]
-        results: list[Completion | None] = [None] * n
-        todo = []
+        todo, too_long = [], []
         for i, t in enumerate(ids):
             if len(t) > self.max_prompt_len or not t:
-                results[i] = Completion([], "", "prompt_too_long", prompt_tokens=len(t))
+                too_long.append((i, Completion([], "", "prompt_too_long", prompt_tokens=len(t))))
             else:
                 todo.append(i)
+        if too_long:
+            yield too_long
         # Group by prompt bucket so short prompts do not pay for long ones.
         todo.sort(key=lambda i: (-(-len(ids[i]) // self.bucket), i))
         for start in range(0, len(todo), self.batch_size):
             group = todo[start : start + self.batch_size]
             outs = self._generate_batch([ids[i] for i in group], [params[i] for i in group],
                                         [request_ids[i] for i in group])
-            for i, c in zip(group, outs):
-                results[i] = c
-            if progress is not None:
-                progress(len(group))
-        return results  # type: ignore[return-value]
+            yield list(zip(group, outs))
 
     def _generate_batch(self, prompts, params, request_ids) -> list[Completion]:
         b = self.batch_size

@@ -138,7 +138,11 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
     if cfg.backend == "vllm":
         from ssd_jax.sampling.vllm_sampler import VllmSampler
 
-        return VllmSampler(str(model_dir), max_model_len=cfg.max_prompt_len + max_new_tokens)
+        v = cfg.vllm
+        return VllmSampler(str(model_dir), max_model_len=v.max_model_len or cfg.max_prompt_len + max_new_tokens,
+                           tensor_parallel_size=v.tensor_parallel_size, gpu_memory_utilization=v.gpu_memory_utilization,
+                           max_num_seqs=v.max_num_seqs, enforce_eager=v.enforce_eager,
+                           enable_expert_parallel=v.enable_expert_parallel)
     import jax
 
     from ssd_jax.models import hf
@@ -151,6 +155,41 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
                     **cfg.model.run_options(decoding=True))
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
                       max_new_tokens=max_new_tokens, mesh=mesh if mesh.size > 1 else None)
+
+
+REPLICA_ENV = "SSD_JAX_SAMPLE_REPLICA"  # "i/n": this process is replica i of n and samples share i
+
+
+def run_replicas(cfg: SampleConfig, pending: int) -> None:
+    """`vllm.replicas` engines as child processes (`ssd-jax sample`, share i of n each), each on its own
+    `tensor_parallel_size` GPUs when there are GPUs; returns when all have finished."""
+    import subprocess
+    import sys
+
+    from ssd_jax.config import dump_yaml
+
+    n, tp = cfg.vllm.replicas, cfg.vllm.tensor_parallel_size
+    if not pending:
+        return
+    gpus = [g for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+    if not gpus:
+        import torch
+
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+    if gpus and len(gpus) < n * tp:
+        raise ConfigError(f"vllm.replicas={n} × tensor_parallel_size={tp} needs {n * tp} GPUs; {len(gpus)} visible")
+    config = Path(f"{cfg.out}.replicas.yaml")
+    dump_yaml(cfg, config)
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, **{REPLICA_ENV: f"{i}/{n}"})
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * tp : (i + 1) * tp])
+        procs.append(subprocess.Popen([sys.executable, "-m", "ssd_jax.cli", "sample", "--config", str(config)],
+                                      env=env))
+    failed = [i for i, p in enumerate(procs) if p.wait() != 0]
+    if failed:
+        raise UserError(f"vLLM replica(s) {failed} of {n} failed; rerun to resume (finished samples are kept)")
 
 
 def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, report: dict | None = None) -> dict:
@@ -168,20 +207,35 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
 
     read_hf_config(model_dir)
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
-    # In an n-process job each process samples every n-th (problem, index) pair into its own part file on the
-    # shared file system; process 0 merges them into `out` after a barrier.
-    n_proc, rank = distributed.process_count(), distributed.process_index()
+    # Shares: in an n-process job (or as one of n vLLM replicas) each process samples every n-th (problem, index)
+    # pair into its own part file; process 0 (or the replicas' parent) merges them into `out`.
     pairs = [(p, i) for p in problems for i in range(cfg.decode.n)]
-    if distributed.is_writer():
+    keys = [(p.id, i) for p, i in pairs]
+    replica = os.environ.get(REPLICA_ENV)
+    if replica:
+        rank, n_proc = (int(x) for x in replica.split("/"))
+    else:
+        n_proc, rank = distributed.process_count(), distributed.process_index()
+    merges = not replica and distributed.is_writer()
+    if merges:
         store = SampleStore(cfg.out)
-        if n_proc > 1:
-            merge_parts(store, [(p.id, i) for p, i in pairs], n_proc)  # a killed job's finished parts first
+        merge_parts(store, keys, max(n_proc, cfg.vllm.replicas))  # a killed job's finished parts first
     distributed.barrier(f"sample-open:{cfg.out}")
-    if not distributed.is_writer():
+    if not merges:
         store = SampleStore(cfg.out, repair=False)
+    if cfg.backend == "vllm" and cfg.vllm.replicas > 1 and not replica:
+        if n_proc > 1:
+            raise ConfigError("vllm.replicas > 1 in a multi-process job: use one or the other")
+        generated = len([k for k in keys if k not in store.done])
+        run_replicas(cfg, generated)
+        merge_parts(store, keys, cfg.vllm.replicas)
+        n_proc, rank = 1, 0
+        pairs = []  # all sampled by the replicas
     sink = store if n_proc == 1 else SampleStore(part_path(cfg.out, rank, n_proc))
     todo = [(p, i) for k, (p, i) in enumerate(pairs)
             if k % n_proc == rank and (p.id, i) not in store.done and (p.id, i) not in sink.done]
+    if pairs:
+        generated = len(todo)
     decode_rec = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
                   "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
     if todo:
@@ -189,44 +243,51 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         params = SamplingParams(temperature=trunc.temperature, top_k=trunc.top_k, top_p=trunc.top_p,
                                 max_tokens=cfg.decode.max_tokens, seed=cfg.decode.seed, stop=tuple(cfg.decode.stop))
         progress = None
-        if cfg.progress and distributed.is_writer():
+        if cfg.progress and rank == 0:
             from tqdm import tqdm
 
             total = len(pairs[rank::n_proc])
             progress = tqdm(total=total, initial=total - len(todo), desc="sample", unit="sample")
-        group = max(cfg.batch_size, 1) * 4
+        # JAX: groups of a few batches, each appended when done. vLLM: every request in one submission, so its
+        # scheduler keeps the GPU full (continuous batching), each completion appended as it finishes.
+        group = len(todo) if cfg.backend == "vllm" else max(cfg.batch_size, 1) * 4
+
+        def record(pi, rendered, c) -> dict:
+            (p, i), (text, _) = pi, rendered
+            return {"problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, pcfg),
+                    "response": c.text, "model": cfg.model.path, "decode": decode_rec,
+                    "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
+                    "backend": cfg.backend}
+
         try:
             for start in range(0, len(todo), group):
                 chunk = todo[start : start + group]
                 rendered = [render(p, pcfg, tokenizer) for p, _ in chunk]
-                outs = sampler.generate([ids for _, ids in rendered], params,
+                stream = sampler.stream([ids for _, ids in rendered], params,
                                         request_ids=[request_id(p.id, i) for p, i in chunk])
-                recs = []
-                for (p, i), (text, _), c in zip(chunk, rendered, outs):
-                    recs.append({
-                        "problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, pcfg),
-                        "response": c.text, "model": cfg.model.path, "decode": decode_rec,
-                        "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
-                        "backend": cfg.backend,
-                    })
-                sink.append(recs)
-                if progress is not None:
-                    progress.update(len(chunk))
+                for finished in stream:
+                    sink.append([record(chunk[j], rendered[j], c) for j, c in finished])
+                    if progress is not None:
+                        progress.update(len(finished))
         finally:
             if progress is not None:
                 progress.close()
-    if n_proc > 1:
+    if n_proc > 1 and not replica:
         distributed.barrier(f"sample-generated:{cfg.out}")
-        if distributed.is_writer():
-            merge_parts(store, [(p.id, i) for p, i in pairs], n_proc)
+        if merges:
+            merge_parts(store, keys, n_proc)
         distributed.barrier(f"sample-merged:{cfg.out}")
-    samples = read_samples(cfg.out)
+    out = sink.path if replica else Path(cfg.out)  # a replica reports its own part; its parent merges
+    samples = read_samples(out)
     reasons: dict[str, int] = {}
     for s in samples:
         reasons[s.get("finish_reason", "?")] = reasons.get(s.get("finish_reason", "?"), 0) + 1
-    manifest = {"out": str(cfg.out), "samples": len(samples), "problems": report, "decode": decode_rec,
+    manifest = {"out": str(out), "samples": len(samples), "problems": report, "decode": decode_rec,
                 "prompt": asdict(pcfg), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
-                "finish_reasons": reasons, "generated_this_run": len(todo)}
-    if distributed.is_writer():
+                "finish_reasons": reasons, "generated_this_run": generated,
+                "replicas": cfg.vllm.replicas if cfg.backend == "vllm" else 1}
+    if todo and getattr(sampler, "submitted", None) is not None:
+        manifest["requests_per_engine_submission"] = sampler.submitted
+    if merges:
         atomic_write_text(Path(cfg.out).with_suffix(".manifest.json"), json.dumps(manifest, indent=2) + "\n")
     return manifest

@@ -10,7 +10,7 @@ variables (set here when unset) and must be started under `if __name__ == "__mai
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from ssd_jax.errors import UserError
 from ssd_jax.sampling.jax_sampler import Completion, SamplingParams
@@ -24,7 +24,8 @@ def request_seed(seed: int, request_id: int) -> int:
 
 class VllmSampler:
     def __init__(self, model_dir: str, *, max_model_len: int = 4096, dtype: str = "auto", tensor_parallel_size: int = 1,
-                 enforce_eager: bool | None = None, gpu_memory_utilization: float = 0.85, seed: int = 0):
+                 enforce_eager: bool | None = None, gpu_memory_utilization: float = 0.90, seed: int = 0,
+                 max_num_seqs: int = 0, enable_expert_parallel: bool = False):
         try:
             import vllm
         except ImportError:
@@ -38,31 +39,61 @@ class VllmSampler:
         kw = dict(model=str(model_dir), max_model_len=max_model_len, dtype=dtype, seed=seed,
                   tensor_parallel_size=tensor_parallel_size, enforce_eager=on_cpu if enforce_eager is None else enforce_eager,
                   logprobs_mode="processed_logprobs")
+        if max_num_seqs:
+            kw["max_num_seqs"] = max_num_seqs
+        if enable_expert_parallel:
+            kw["enable_expert_parallel"] = True
         if not on_cpu:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(**kw)
+        self.max_model_len = max_model_len
         self.tokenizer = self.llm.get_tokenizer()
         self._vllm = vllm
+        self.submitted: list[int] = []  # requests handed to the engine at once, per stream() call
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams] | SamplingParams,
                  request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:
+        results: list[Completion | None] = [None] * len(prompts)
+        for finished in self.stream(prompts, params, request_ids):
+            for i, c in finished:
+                results[i] = c
+            if progress is not None:
+                progress(len(finished))
+        return results  # type: ignore[return-value]
+
+    def stream(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams] | SamplingParams,
+               request_ids: Sequence[int] | None = None) -> Iterator[list[tuple[int, Completion]]]:
+        """Every request goes to the engine before the first step (its scheduler batches them continuously); the
+        completions come back as they finish, so a stage can append them and lose nothing when killed."""
         n = len(prompts)
         params = [params] * n if isinstance(params, SamplingParams) else list(params)
         request_ids = list(range(n)) if request_ids is None else list(request_ids)
-        sps = [self._vllm.SamplingParams(
-            temperature=p.temperature, top_k=p.top_k if p.top_k > 0 else 0, top_p=p.top_p, max_tokens=p.max_tokens,
-            seed=request_seed(p.seed, rid), stop=list(p.stop) or None, logprobs=0 if p.logprobs else None,
-            skip_special_tokens=True) for p, rid in zip(params, request_ids)]
-        inputs = [{"prompt_token_ids": list(map(int, t))} for t in prompts]
-        outs = self.llm.generate(inputs, sps, use_tqdm=False)
-        if progress is not None:
-            progress(n)
-        result = []
-        for o, p in zip(outs, params):
-            c = o.outputs[0]
-            lps = None
-            if p.logprobs and c.logprobs is not None:
-                lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, c.token_ids)]
-            reason = "stop" if c.finish_reason == "stop" else "length"
-            result.append(Completion(list(c.token_ids), c.text, reason, lps, prompt_tokens=len(o.prompt_token_ids)))
-        return result
+        engine = self.llm.llm_engine
+        too_long = [(i, Completion([], "", "prompt_too_long", prompt_tokens=len(t)))
+                    for i, t in enumerate(prompts) if not len(t) or len(t) >= self.max_model_len]
+        if too_long:
+            yield too_long
+        skip = {i for i, _ in too_long}
+        for i, (t, p, rid) in enumerate(zip(prompts, params, request_ids)):
+            if i in skip:
+                continue
+            sp = self._vllm.SamplingParams(
+                temperature=p.temperature, top_k=p.top_k if p.top_k > 0 else 0, top_p=p.top_p, max_tokens=p.max_tokens,
+                seed=request_seed(p.seed, rid), stop=list(p.stop) or None, logprobs=0 if p.logprobs else None,
+                skip_special_tokens=True)
+            engine.add_request(str(i), {"prompt_token_ids": list(map(int, t))}, sp)
+        self.submitted.append(engine.get_num_unfinished_requests())
+        while engine.has_unfinished_requests():
+            finished = [(int(o.request_id), self._completion(o, params[int(o.request_id)]))
+                        for o in engine.step() if o.finished]
+            if finished:
+                yield finished
+
+    @staticmethod
+    def _completion(o, p: SamplingParams) -> Completion:
+        c = o.outputs[0]
+        lps = None
+        if p.logprobs and c.logprobs is not None:
+            lps = [float(step[tok].logprob) for step, tok in zip(c.logprobs, c.token_ids)]
+        reason = "stop" if c.finish_reason == "stop" else "length"
+        return Completion(list(c.token_ids), c.text, reason, lps, prompt_tokens=len(o.prompt_token_ids))

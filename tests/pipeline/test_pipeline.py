@@ -89,3 +89,62 @@ def test_baselines_table(setup, capsys):
     assert rows[3]["decode"]["temperature"] == pytest.approx(1.76)
     table = (out / "baselines.md").read_text()
     assert table.count("\n") == 2 + len(rows) and "easy pass@1" in table
+
+
+def test_stages_in_their_own_processes(setup):
+    """stage_processes: always (what `auto` picks when a stage runs vLLM): each JAX stage is `ssd-jax <stage>` in
+    a child process that exits before the next starts, with its config kept beside its outputs; the run folder is
+    the same as in one process."""
+    root, cfg = setup
+    out = root / "run-children"
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "rounds=1",
+                 "--set", "stage_processes=always"]) == 0
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 5
+    for f in ("base-eval.yaml", "round-1/sample.yaml", "round-1/train.yaml", "round-1/eval.yaml",
+              "round-1/train/export/config.json", "round-1/eval/metrics.json"):
+        assert (out / f).exists(), f
+    assert stages["round-1/eval"]["overall"] == json.loads(
+        (out / "round-1" / "eval" / "metrics.json").read_text())["metrics"]["overall"]
+
+
+def test_auto_separates_stages_only_for_vllm():
+    from ssd_jax.config import RunConfig, from_dict
+    from ssd_jax.pipeline import separate_processes
+
+    assert not separate_processes(RunConfig())
+    assert separate_processes(from_dict(RunConfig, {"sample": {"backend": "vllm"}}))
+    assert separate_processes(from_dict(RunConfig, {"eval": {"backend": "vllm"}}))
+    assert not separate_processes(from_dict(RunConfig, {"eval": {"backend": "vllm"}, "stage_processes": "never"}))
+
+
+@pytest.mark.parametrize("protocol", ["best_on_eval", "best_on_heldout"])
+def test_checkpoint_selection(setup, protocol, capsys):
+    """Each saved checkpoint is exported and evaluated (on the eval set, or on held-out problems); the best by
+    pass@1 (ties: the later step) becomes the round's model, and the manifest and summary say which."""
+    root, cfg = setup
+    out = root / f"run-{protocol}"
+    extra = ["--set", f"select.protocol={protocol}", "--set", "rounds=1", "--set", "eval_base=false",
+             "--set", "train.keep_checkpoints=10"]
+    if protocol == "best_on_heldout":
+        extra += ["--set", f"select.heldout={{kind: lcb, path: {root / 'lcb'}}}"]
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", *extra]) == 0
+    sel = json.loads((out / "manifest.json").read_text())["stages"]["round-1/select"]
+    assert sel["protocol"] == protocol and set(sel["scores"]) == {"1", "2"}  # steps 1 and 2 were saved
+    best = max(int(s) for s, v in sel["scores"].items() if v == max(sel["scores"].values()))
+    assert sel["step"] == best
+    assert sel["model"] == str(out / "round-1" / "train" / ("export" if best == 2 else "export-step-1"))
+    assert (out / "round-1" / "train" / "export-step-1" / "config.json").exists()
+    for step in (1, 2):
+        assert (out / "round-1" / "select" / f"step-{step}" / "metrics.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"][0]["checkpoint"] == best and summary["rounds"][0]["model"] == sel["model"]
+    metrics = json.loads((out / "round-1" / "eval" / "metrics.json").read_text())
+    assert metrics["model"] == sel["model"]
+
+
+def test_checkpoint_selection_needs_the_checkpoints_kept(setup, cli):
+    root, cfg = setup
+    code, err = cli(["run", "--config", str(cfg), "--set", f"out_dir={root / 'run-bad'}",
+                     "--set", "select.protocol=best_on_eval", "--set", "train.keep_checkpoints=1"])
+    assert code == 2 and "keep_checkpoints" in err

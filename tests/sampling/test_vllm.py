@@ -37,11 +37,14 @@ def qwen_tiny(tmp_path_factory):
                                        tokenize=True)["input_ids"]
                for q in ["Write a function.", "Read N and print N*N.", "def add(a, b):"]]
     (root / "prompts.json").write_text(json.dumps(prompts))
+    (root / "problems.jsonl").write_text("".join(json.dumps({"id": f"p{i}", "question": f"Print {i} squared."}) + "\n"
+                                                 for i in range(5)))
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="auto",
                VLLM_CPU_NUM_OF_RESERVED_CPU="0", HF_HUB_OFFLINE="1")
     env.pop("XLA_FLAGS", None)
     probe = Path(__file__).with_name("vllm_probe.py")
-    p = subprocess.run([sys.executable, str(probe), str(d), str(root / "prompts.json"), str(root / "out.json")],
+    p = subprocess.run([sys.executable, str(probe), str(d), str(root / "prompts.json"), str(root / "out.json"),
+                        str(root / "problems.jsonl")],
                        env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     return d, tok, prompts, json.loads((root / "out.json").read_text())
@@ -70,3 +73,27 @@ def test_vllm_processed_logprobs_equal_our_truncation(qwen_tiny):
             assert abs(lp[t, tok] - vl) <= 1e-4, (t, lp[t, tok], vl)
             checked += 1
     assert checked >= 30
+
+
+def test_sample_stage_hands_vllm_every_request_at_once_with_the_configured_engine(qwen_tiny):
+    """`backend: vllm` through `ssd-jax sample`: the `vllm:` options are what the engine was built with, and the
+    stage gives it all 10 requests (5 problems × n 2) in one submission; every sample lands in the file once."""
+    stage = qwen_tiny[3]["stage"]
+    assert (stage["max_model_len"], stage["max_num_seqs"], stage["enforce_eager"], stage["tensor_parallel_size"]) == \
+        (300, 3, True, 1)
+    m = stage["manifest"]
+    assert m["requests_per_engine_submission"] == [10]
+    assert m["samples"] == stage["lines"] == 10 and m["generated_this_run"] == 10
+
+
+def test_vllm_replicas_split_the_requests_and_merge_them(qwen_tiny):
+    """vllm.replicas 2: two engines in child processes, each with half of the requests; one merged file holds
+    every sample once, in problem order, and no part file is left."""
+    stage = qwen_tiny[3]["stage"]
+    rep = stage["replicas"]
+    assert rep["engines_in_this_process"] == 0  # the parent never starts an engine
+    keys = [(r["problem_id"], r["sample_idx"]) for r in rep["records"]]
+    assert keys == [(f"p{i}", j) for i in range(5) for j in range(2)]
+    assert rep["manifest"]["replicas"] == 2 and rep["manifest"]["generated_this_run"] == 10
+    assert all(r["backend"] == "vllm" and r["n_tokens"] > 0 for r in rep["records"])
+    assert not list(qwen_tiny[0].parent.glob("*.part-*"))
