@@ -81,6 +81,17 @@ def _decode_chunk(model, state, params, eos_ids, chunk):
     return state
 
 
+def collect(stream: Iterator[list[tuple[int, Completion]]], n: int, progress=None) -> list[Completion]:
+    """The completions of a sampler's stream() in prompt order (`progress(k)` after each k that finish)."""
+    results: list[Completion | None] = [None] * n
+    for finished in stream:
+        for i, c in finished:
+            results[i] = c
+        if progress is not None:
+            progress(len(finished))
+    return results  # type: ignore[return-value]
+
+
 class JaxSampler:
     """Generate completions for token-id prompts (or strings, with a tokenizer) from an NNX CausalLM."""
 
@@ -109,13 +120,7 @@ class JaxSampler:
     def generate(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
                  request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:
         """One completion per prompt. `request_ids` (default 0..n-1) seed each request's PRNG stream."""
-        results: list[Completion | None] = [None] * len(prompts)
-        for finished in self.stream(prompts, params, request_ids):
-            for i, c in finished:
-                results[i] = c
-            if progress is not None:
-                progress(len(finished))
-        return results  # type: ignore[return-value]
+        return collect(self.stream(prompts, params, request_ids), len(prompts), progress)
 
     def stream(self, prompts: Sequence[Sequence[int] | str], params: Sequence[SamplingParams] | SamplingParams,
                request_ids: Sequence[int] | None = None) -> Iterator[list[tuple[int, Completion]]]:

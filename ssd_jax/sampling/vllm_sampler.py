@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from ssd_jax.errors import UserError
-from ssd_jax.sampling.jax_sampler import Completion, SamplingParams
+from ssd_jax.sampling.jax_sampler import Completion, SamplingParams, collect
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "auto"}
 
@@ -53,13 +53,7 @@ class VllmSampler:
 
     def generate(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams] | SamplingParams,
                  request_ids: Sequence[int] | None = None, progress=None) -> list[Completion]:
-        results: list[Completion | None] = [None] * len(prompts)
-        for finished in self.stream(prompts, params, request_ids):
-            for i, c in finished:
-                results[i] = c
-            if progress is not None:
-                progress(len(finished))
-        return results  # type: ignore[return-value]
+        return collect(self.stream(prompts, params, request_ids), len(prompts), progress)
 
     def stream(self, prompts: Sequence[Sequence[int]], params: Sequence[SamplingParams] | SamplingParams,
                request_ids: Sequence[int] | None = None) -> Iterator[list[tuple[int, Completion]]]:
