@@ -118,6 +118,16 @@ def test_two_processes_train_like_one_killed_and_resumed(setup, one_process):
         assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6), k
     assert not list(run.glob(".*tmp*")) and not list(run.parent.glob(".export*"))
 
+    # `ssd-jax export` of an intermediate checkpoint on 2 processes (sharded over all 8 devices, one tensor at a
+    # time to the host, process 0 writes) equals the same export by one process.
+    outs = {}
+    for procs in (1, 2):
+        outs[procs] = run / f"export-10-by-{procs}"
+        finish(launch(["export", "--run", str(run), "--step", "10", "--out", str(outs[procs]), "--dtype", "float32"],
+                      procs))
+    c1, c2 = Checkpoint(outs[1]), Checkpoint(outs[2])
+    assert c1.keys() == c2.keys() and all(np.array_equal(c1.get(k), c2.get(k)) for k in c1.keys())
+
 
 @pytest.mark.slow
 def test_two_processes_sample_every_problem_once(setup):
