@@ -10,7 +10,6 @@ as many times as the caller estimates: `loop_trips` maps a name scope in the loo
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -215,7 +214,3 @@ def program_stats(text: str, n_devices: int, loop_trips: dict[str, float] | None
                 c.payload_bytes += times * payload
                 c.traffic_bytes += times * traffic
     return stats
-
-
-def to_json(stats: ProgramStats) -> str:
-    return json.dumps({"flops": stats.flops, "collectives": {k: vars(v) for k, v in stats.collectives.items()}})
