@@ -27,6 +27,7 @@ from typing import Any
 
 from ssd_jax.config import RunConfig, TrainConfig, from_dict, load_yaml
 from ssd_jax.errors import ConfigError, UserError
+from ssd_jax.train.flops import PEAK_FLOPS
 
 HF_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "hf"
 GB = 1e9
@@ -43,15 +44,14 @@ class DeviceKind:
 # Public spec sheets: B200 as in DGX B200 (1,440 GB over 8 GPUs; NVLink 5 1.8 TB/s both directions), H200 and H100
 # SXM (NVLink 4 900 GB/s both directions), TPU v5p (95 GB HBM, 4,800 Gbps ICI per chip).
 DEVICE_KINDS = {
-    "b200": DeviceKind("NVIDIA B200", 180 * GB, 2250e12, 900 * GB),
-    "h200": DeviceKind("NVIDIA H200", 141 * GB, 989e12, 450 * GB),
-    "h100": DeviceKind("NVIDIA H100 80GB", 80 * GB, 989e12, 450 * GB),
-    "tpu-v5p": DeviceKind("TPU v5p", 95 * GB, 459e12, 600 * GB),
+    "b200": DeviceKind("NVIDIA B200", 180 * GB, PEAK_FLOPS["B200"], 900 * GB),
+    "h200": DeviceKind("NVIDIA H200", 141 * GB, PEAK_FLOPS["H200"], 450 * GB),
+    "h100": DeviceKind("NVIDIA H100 80GB", 80 * GB, PEAK_FLOPS["H100"], 450 * GB),
+    "tpu-v5p": DeviceKind("TPU v5p", 95 * GB, PEAK_FLOPS["TPU v5p"], 600 * GB),
 }
 # Share of HBM a JAX program may plan on: the rest is the runtime, cuBLAS/cuDNN workspaces and fragmentation
 # (set XLA_PYTHON_CLIENT_MEM_FRACTION to at least this; JAX's default preallocation is 0.75).
 USABLE_HBM_FRACTION = 0.90
-BLOCKWISE_TILE = 512  # models/attention.py's default KV tile
 
 
 def use_simulated_devices(n: int) -> None:
@@ -130,7 +130,7 @@ def _loop_trips(mcfg, mesh, micro: int, seq: int) -> dict[str, float]:
     from ssd_jax.models import attention, moe
     from ssd_jax.sharding import BATCH_AXES
 
-    trips = {attention.LIVE_TILES_SCOPE: (-(-seq // min(BLOCKWISE_TILE, seq)) + 1) / 2}
+    trips = {attention.LIVE_TILES_SCOPE: (-(-seq // min(attention.TILE, seq)) + 1) / 2}
     if mcfg.moe:
         ep = mesh.shape["expert"]
         groups = mcfg.moe.num_experts // ep

@@ -34,6 +34,7 @@ from jax.sharding import PartitionSpec as P
 Array = jax.Array
 
 IMPLS = ("auto", "einsum", "blockwise", "cudnn", "pallas")
+TILE = 512  # default blockwise tile (query and KV rows)
 LIVE_TILES_SCOPE = "attention_live_kv_tiles"  # names the blockwise loops over the live tiles
 # CPU keeps the einsum up to this many scores per (row, head): below it the dense mask costs less than the loop
 # overhead of blockwise, and the whole CPU test suite and demo run at these sizes.
@@ -74,8 +75,8 @@ def attend(
     *,
     impl: str = "auto",
     mesh=None,
-    block_q: int = 512,
-    block_kv: int = 512,
+    block_q: int = TILE,
+    block_kv: int = TILE,
 ) -> Array:
     """q (B,T,H,hd), k/v (B,S,K,hd) with H % K == 0 (GQA), q_segment (B,T) int32, kv_segment (B,S) int32
     (0 = padding / empty cache slot), q_start: scalar int32 (may be traced) = slot of query 0.
@@ -185,8 +186,8 @@ def blockwise_attention(
     kv_segment: Array,
     q_start: Any,
     *,
-    block_q: int = 512,
-    block_kv: int = 512,
+    block_q: int = TILE,
+    block_kv: int = TILE,
 ) -> Array:
     """FlashAttention-2 in pure JAX: O(T·block) temporaries forward and backward, any platform, any q_start.
 
