@@ -15,7 +15,7 @@ from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
 from ssd_jax.errors import UserError
-from ssd_jax.io_utils import atomic_write_bytes, atomic_write_text
+from ssd_jax.io_utils import atomic_write_text
 
 ERROR_KINDS = {0: "passed", -2: "WA", -3: "TLE", -4: "RE", -5: "runner_error"}
 DIFFICULTY_ORDER = ("easy", "medium", "hard")
@@ -159,16 +159,11 @@ def write_metrics_json(
 
 def plot_pass_at_k(metrics: Mapping[str, Any], path, group: str = "difficulty", title: str | None = None) -> None:
     """PNG bar chart: pass@k (k side by side) for "overall" and each group, with the bootstrap CI as error bars."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ssd_jax.figures import new_figure, save_figure
 
     rows = [("overall", metrics["overall"])] + list(metrics.get(f"by_{group}", {}).items())
     ks = [int(key.split("@")[1]) for key in metrics["overall"] if key.startswith("pass@") and "_ci" not in key]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(rows), 3.6), dpi=120)
+    fig, ax = new_figure(figsize=(1.6 + 1.3 * len(rows), 3.6))
     width = 0.8 / max(len(ks), 1)
     for j, k in enumerate(ks):
         xs = [i + (j - (len(ks) - 1) / 2) * width for i in range(len(rows))]
@@ -184,8 +179,4 @@ def plot_pass_at_k(metrics: Mapping[str, Any], path, group: str = "difficulty", 
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path)

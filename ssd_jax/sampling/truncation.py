@@ -36,16 +36,16 @@ class Truncation:
         return self.temperature < GREEDY_EPS
 
 
-def _rows(x, b, dtype):
-    return jnp.broadcast_to(jnp.asarray(x, dtype), (b,))
+def _rows(x, lead: tuple[int, ...], dtype):
+    """A scalar or an array over the leading axes `lead`, flattened to one value per row."""
+    return jnp.broadcast_to(jnp.asarray(x, dtype), lead).reshape(-1)
 
 
 FAST_K = 64  # top-k settings up to this use the partial-sort path
 
 
-def _rows_params(x, temperature, top_k, top_p):
-    b = x.shape[0]
-    return _rows(temperature, b, jnp.float32), _rows(top_k, b, jnp.int32), _rows(top_p, b, jnp.float32)
+def _rows_params(lead, temperature, top_k, top_p):
+    return _rows(temperature, lead, jnp.float32), _rows(top_k, lead, jnp.int32), _rows(top_p, lead, jnp.float32)
 
 
 def _top_p_sorted(xs, keep_sorted, p):
@@ -90,7 +90,7 @@ def truncate(logits: jax.Array, temperature, top_k, top_p) -> tuple[jax.Array, j
     shape = logits.shape
     v = shape[-1]
     x = logits.reshape(-1, v).astype(jnp.float32)
-    t, k, p = _rows_params(x, temperature, top_k, top_p)
+    t, k, p = _rows_params(shape[:-1], temperature, top_k, top_p)
     greedy = t < GREEDY_EPS
     tempered = x / jnp.where(greedy, 1.0, t)[:, None]
     argmax = jax.nn.one_hot(jnp.argmax(x, axis=-1), v, dtype=bool)
