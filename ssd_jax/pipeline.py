@@ -5,7 +5,9 @@ runs/<name>/
   base-eval/                                     the starting model evaluated (eval_base)
   round-1/ samples.jsonl  filtered.jsonl  verdicts.jsonl  filter_stats.json
            train/ (checkpoints, metrics.jsonl, export/)   eval/ (samples, graded, metrics.json, pass_at_k.png)
+           analysis/ (fork/lock: base vs this round's model on held-out responses; forklock.html, 4 panels)
   round-2/ …                                     sampled from round-1's export
+  report.md                                      base and every round side by side, linking charts and panels
 A stage whose outputs are complete is skipped on rerun; an interrupted one continues where it stopped (the sample
 store, the trainer's checkpoints and the grader's graded.jsonl each resume themselves).
 """
@@ -24,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ssd_jax import __version__, distributed
-from ssd_jax.config import DecodeSpec, RunConfig, dump_yaml
+from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
@@ -139,6 +141,23 @@ class Stages:
             return run_eval(cfg)
         self._child("eval", cfg, Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}.yaml")
         return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
+
+    def analyze(self, cfg: AnalysisConfig, base: str, student: str, samples: Path, out: Path) -> dict:
+        """The fork/lock analysis of `student` against `base`; returns its label summary."""
+        if not self.separate:
+            from ssd_jax.analysis import forklock
+
+            forklock.write_outputs(forklock.analyze(base, student, str(samples), cfg, forklock.resolve(cfg)), out)
+        else:
+            config_path = out.parent / "analysis.yaml"
+            dump_yaml(cfg, config_path)
+            rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", "analyze", "--base", base, "--student", student,
+                                 "--samples", str(samples), "--out", str(out), "--config", str(config_path)]).returncode
+            if rc != 0:
+                raise UserError(f"the fork/lock analysis failed in its own process (exit {rc}); rerun it with "
+                                f"`ssd-jax analyze --base {base} --student {student} --samples {samples} --out {out} "
+                                f"--config {config_path}`")
+        return json.loads((out / "forklock.json").read_text())["labels"]
 
 
 def check_selection(cfg: RunConfig) -> None:
@@ -262,6 +281,71 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
             man.set(st, "done", overall=doc["metrics"]["overall"])
         step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
         results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
+        if cfg.analysis.enabled:
+            analyze_round(cfg, root, rd, export, man, stages)
     if distributed.is_writer():
         atomic_write_text(root / "summary.json", json.dumps(results, indent=2) + "\n")
+        write_report(root, man.doc)
     return results
+
+
+def analyze_round(cfg: RunConfig, root: Path, rd: Path, export: str, man: Manifest, stages: Stages) -> None:
+    """Fork/lock analysis of this round's model against the starting model, on held-out responses: the base
+    model's evaluation samples (problems never trained on), else this round's. Locks and forks are labelled by
+    the training-time truncation the SSD data were drawn with; panels (b)-(d) use the evaluation truncation."""
+    st = f"{rd.name}/analyze"
+    if man.done(st):
+        return
+    held_out = root / "base-eval" / "samples.jsonl"
+    samples = held_out if cfg.eval_base and held_out.exists() else rd / "eval" / "samples.jsonl"
+    acfg = replace(cfg.analysis, mesh=cfg.mesh, dtype=cfg.model.dtype, label=cfg.analysis.label or cfg.sample.decode,
+                   evaluate=cfg.analysis.evaluate or cfg.eval.decode)
+    man.set(st, "running")
+    labels = None
+    if distributed.is_writer():
+        labels = stages.analyze(acfg, cfg.model.path, export, samples, rd / "analysis")
+    distributed.barrier(f"analyze:{rd}")
+    if labels is None:
+        labels = json.loads((rd / "analysis" / "forklock.json").read_text())["labels"]
+    man.set(st, "done", samples=str(samples), locks=labels["lock"], forks=labels["fork"],
+            positions=labels["positions"], page=str(rd / "analysis" / "forklock.html"))
+
+
+def _pass_cells(overall: dict) -> str:
+    ks = sorted(int(k.split("@")[1]) for k in overall if k.startswith("pass@") and "_ci" not in k)
+    cells = []
+    for k in ks:
+        lo, hi = overall.get(f"pass@{k}_ci95", [overall[f"pass@{k}"]] * 2)
+        cells.append(f"pass@{k} {100 * overall[f'pass@{k}']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
+    return "; ".join(cells) + f" (n={overall.get('n_problems', '?')})"
+
+
+def write_report(root: Path, manifest: dict) -> None:
+    """report.md: base and every round side by side (pass@k with 95% CIs, filter, training, fork/lock), with
+    links to the charts and the analysis page, all relative to the run folder."""
+    stages = manifest["stages"]
+    lines = [f"# SSD run report: {root.name}", "", "| model | evaluation | chart |", "|---|---|---|"]
+    if "overall" in stages.get("base-eval", {}):
+        lines.append(f"| base | {_pass_cells(stages['base-eval']['overall'])} | [pass@k](base-eval/pass_at_k.png) |")
+    rounds = sorted({int(k.split("/")[0].split("-")[1]) for k in stages if k.startswith("round-")})
+    for r in rounds:
+        ev = stages.get(f"round-{r}/eval", {})
+        if "overall" in ev:
+            lines.append(f"| round {r} | {_pass_cells(ev['overall'])} | [pass@k](round-{r}/eval/pass_at_k.png) |")
+    for r in rounds:
+        lines += ["", f"## Round {r}"]
+        flt, tr, an = (stages.get(f"round-{r}/{s}", {}) for s in ("filter", "train", "analyze"))
+        if flt.get("status") == "done":
+            dropped = {k: v for k, v in flt["by_reason"].items() if v}
+            lines.append(f"- filter: kept {flt['kept']} of {flt['total']} samples (dropped: {dropped or 'none'})")
+        if tr.get("status") == "done" and tr.get("final"):
+            lines.append(f"- train: {tr['final']['step']} steps, final loss {tr['final']['loss']:.4f} "
+                         f"([metrics](round-{r}/train/metrics.jsonl))")
+        if an.get("status") == "done":
+            lk, fk = an["locks"], an["forks"]
+            lines += [f"- fork/lock ([page](round-{r}/analysis/forklock.html)): {an['positions']} positions of "
+                      f"held-out responses; {lk['count']} locks, tail mass base {lk['tail_mass']['base']:.4f} → "
+                      f"SSD {lk['tail_mass']['student']:.4f}; {fk['count']} forks, entropy within the kept set "
+                      f"base {fk['head_entropy']['base']:.3f} → SSD {fk['head_entropy']['student']:.3f} nats",
+                      "", f"![entropy after truncation](round-{r}/analysis/c_entropy.png)"]
+    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")

@@ -46,12 +46,25 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     stages = man["stages"]
     assert {k for k, v in stages.items() if v["status"] == "done"} == {
         "base-eval", "round-1/sample", "round-1/filter", "round-1/train", "round-1/eval",
-        "round-2/sample", "round-2/filter", "round-2/train", "round-2/eval"}
+        "round-2/sample", "round-2/filter", "round-2/train", "round-2/eval", "round-1/analyze", "round-2/analyze"}
     assert man["versions"]["jax"] and man["git_commit"]
     for r in (1, 2):
         for f in ("samples.jsonl", "filtered.jsonl", "verdicts.jsonl", "filter_stats.json", "train/export/config.json",
                   "eval/metrics.json", "eval/graded.jsonl", "eval/lcb_output.json"):
             assert (out / f"round-{r}" / f).exists(), (r, f)
+    # Fork/lock analysis of each round's model against the starting one, on the base model's held-out responses,
+    # labelled by the sampling truncation; the report links every chart and page it names.
+    fl = json.loads((out / "round-2" / "analysis" / "forklock.json").read_text())
+    assert fl["student"] == str(out / "round-2" / "train" / "export") and fl["base"].endswith("model")
+    assert fl["samples"] == str(out / "base-eval" / "samples.jsonl")
+    assert fl["config"]["label"] == {"temperature": 1.0, "top_k": 20, "top_p": 0.9}
+    assert stages["round-2/analyze"]["positions"] == fl["labels"]["positions"] > 0
+    report = (out / "report.md").read_text()
+    assert "| base | pass@1" in report and "| round 2 | pass@1" in report and "fork/lock" in report
+    import re
+
+    links = re.findall(r"\]\(([^)]+)\)", report)
+    assert len(links) >= 8 and all((out / link).exists() for link in links), links
     r2 = [json.loads(x) for x in (out / "round-2" / "samples.jsonl").read_text().splitlines()]
     assert r2[0]["model"] == str(out / "round-1" / "train" / "export") and r2[0]["round"] == 2
     stats = json.loads((out / "round-1" / "filter_stats.json").read_text())
