@@ -209,3 +209,13 @@ def test_cli_bad_truncation_exits_2(capsys):
 def test_entropy_helper_matches_math():
     lp = jnp.log(jnp.asarray([[0.5, 0.5, 0.0]]))
     assert float(fl._entropy(lp)[0]) == pytest.approx(math.log(2))
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    """`ssd-jax run` with stages in child processes hands the analysis its config as YAML."""
+    from ssd_jax.config import AnalysisConfig, DecodeSpec, MeshSpec, dump_yaml, load_config
+
+    cfg = AnalysisConfig(label=DecodeSpec(temperature=1.6, top_k=20, top_p=0.8), evaluate=DecodeSpec(preset="greedy"),
+                         mesh=MeshSpec(fsdp=2, tensor=4), dtype="bfloat16", max_responses=7, temperatures=[0.5, 1.0])
+    dump_yaml(cfg, tmp_path / "a.yaml")
+    assert load_config(AnalysisConfig, tmp_path / "a.yaml") == cfg
