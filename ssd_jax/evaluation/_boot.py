@@ -10,6 +10,9 @@ ssd_jax, and every name it defines is removed from `__main__` before the program
 - "setuid:UID:GID"     become that user (we are root and drop to "nobody")
 - "capdrop:"           drop every capability (a user namespace's root, which cannot switch to another uid)
 - "RLIMIT_X:soft:hard" resource limits
+- "site:PATH"          a site-packages directory for sys.path, with the path lines of its .pth files (their
+                       `import` lines are not run: `site` itself costs ~35 ms per run with an editable install)
+- "marshal:"           main.py has a compiled twin, main.pyc (marshal): no compile in the child
 - "ns:host|user"       the built-in namespace layer, "user" with a fresh user namespace; then
   "tmp:PATH:BYTES"     a private size-capped tmpfs (mode 1777), "hide:PATH" an empty tmpfs over PATH,
   "bind:PATH"          PATH re-exposed read-only (an interpreter directory under a hidden one), "work:PATH" the
@@ -44,20 +47,20 @@ class SetupError(Exception):
 def parse(arg):
     """<setup> → dict of lists/values (see the module docstring)."""
     plan = {"errfd": -1, "ids": None, "capdrop": False, "rlimits": [], "ns": None, "tmp": [], "hide": [],
-            "bind": [], "work": None, "dev": False, "rolegacy": False}
+            "bind": [], "work": None, "dev": False, "rolegacy": False, "site": [], "marshal": False}
     for item in filter(None, arg.split(";")):
         name, *f = item.split(":")
         if name == "errfd":
             plan["errfd"] = int(f[0])
         elif name == "setuid":
             plan["ids"] = (int(f[0]), int(f[1]))
-        elif name in ("capdrop", "dev", "rolegacy"):
+        elif name in ("capdrop", "dev", "rolegacy", "marshal"):
             plan[name] = True
         elif name == "ns":
             plan["ns"] = f[0]
         elif name == "tmp":
             plan["tmp"].append((bytes.fromhex(f[0]).decode(), int(f[1])))
-        elif name in ("hide", "bind"):
+        elif name in ("hide", "bind", "site"):
             plan[name].append(bytes.fromhex(f[0]).decode())
         elif name == "work":
             plan["work"] = bytes.fromhex(f[0]).decode()
@@ -271,14 +274,15 @@ def relay(pid, r, errfd, null):
 
 def exit_like(status):
     import os
-    import resource
-    import signal
 
     if os.WIFSIGNALED(status):
+        import _signal  # not `signal`: that imports enum, ~10 ms per run
+        import resource
+
         sig = os.WTERMSIG(status)
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         try:
-            signal.signal(sig, signal.SIG_DFL)
+            _signal.signal(sig, _signal.SIG_DFL)
         except (OSError, ValueError):
             pass
         os.kill(os.getpid(), sig)
@@ -323,6 +327,45 @@ def limits(plan):
         os.setuid(uid)
     for name, soft, hard in plan["rlimits"]:
         resource.setrlimit(getattr(resource, name), (soft, hard))
+
+
+def add_site(dirs):
+    """What `site.addsitedir` does for sys.path, without executing .pth `import` lines or sitecustomize."""
+    import os
+
+    for d in dirs:
+        if d in sys.path:
+            continue
+        sys.path.append(d)
+        try:
+            pths = sorted(n for n in os.listdir(d) if n.endswith(".pth"))
+        except OSError:
+            continue
+        for name in pths:
+            try:
+                with open(os.path.join(d, name), encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except (OSError, UnicodeDecodeError):
+                continue
+            for line in lines:
+                line = line.strip()
+                if not line or line.startswith(("#", "import ", "import\t")):
+                    continue
+                p = os.path.abspath(os.path.join(d, line))
+                if os.path.isdir(p) and p not in sys.path:
+                    sys.path.append(p)
+
+
+def load(path, compiled):
+    """The program's code object: from main.pyc when the parent compiled it (same interpreter), else compiled here."""
+    if compiled:
+        import marshal
+
+        with open(path + "c", "rb") as f:
+            return marshal.loads(f.read())
+    with open(path, "rb") as f:
+        src = f.read()
+    return compile(src, path, "exec", dont_inherit=True)
 
 
 def fail(errfd, message):
@@ -373,16 +416,16 @@ def boot(keep):
         os.close(plan["errfd"])
     if not hasattr(builtins, "exit"):  # -S leaves out site's exit()/quit(); programs call them
         builtins.exit = builtins.quit = sys.exit
+    add_site(plan["site"])
     path = sys.argv[2]
     del sys.argv[:2]
-    with open(path, "rb") as f:
-        src = f.read()
+    code = load(path, plan["marshal"])
     g = globals()
     for name in [k for k in g if k not in keep]:
         del g[name]
     g["__doc__"] = None
     g["__file__"] = path
-    return compile(src, path, "exec", dont_inherit=True)
+    return code
 
 
 if __name__ == "__main__":

@@ -26,8 +26,10 @@ Always: rlimits set by the bootstrap before the program is compiled (address spa
 core files, processes: "rlimits(no-nproc)" where the kernel exempts host uid 0), "nobody" when we are root, a new
 session/process group SIGKILLed as a whole on timeout and after exit, a fresh temp work dir (cwd and HOME)
 removed afterwards, an environment built from scratch (no parent secrets), stdout/stderr read up to a cap, `-s`
-(no user site) and by default `-S` (no site-packages). A sandbox that fails to set itself up reports on a private
-pipe and `run_python` raises `SandboxError`, so a broken sandbox is never graded as a wrong program.
+(no user site) and `-S`: with `site_packages=True` the bootstrap puts our interpreter's site-packages on sys.path
+itself (.pth path lines honoured; .pth `import` lines and sitecustomize not run). A sandbox that fails to set itself
+up reports on a private pipe and `run_python` raises `SandboxError`, so a broken sandbox is never graded as a wrong
+program. Per-run costs kept low: the bootstrap (and, with `precompile`, the program) reach the child compiled.
 
 Why a bootstrap instead of `preexec_fn`: `preexec_fn` forces a full fork() of the caller and runs Python between
 fork and exec, which CPython documents as unsafe in threaded processes (a JAX runtime is one). Without it
@@ -39,7 +41,9 @@ Even so, grading belongs in a `WorkerPool` (forkserver/spawn workers), so the JA
 
 from __future__ import annotations
 
+import functools
 import json
+import marshal
 import math
 import multiprocessing
 import os
@@ -61,8 +65,10 @@ from ssd_jax.errors import ConfigError, UserError
 
 ISOLATIONS = ("auto", "bwrap", "namespaces", "unsafe-rlimits")
 Isolation = Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"]
-# The child bootstrap, passed as `python -c _BOOT <setup> main.py [args]` (see _boot.py for <setup>).
+# The child bootstrap, passed as `python -c _BOOT <setup> main.py [args]` (see _boot.py for <setup>); to our own
+# interpreter compiled, as `python -c _BOOT_STUB <marshalled _BOOT> <setup> ...` (compiling it costs ~5 ms a run).
 _BOOT = (Path(__file__).parent / "_boot.py").read_text(encoding="utf-8")
+_BOOT_STUB = "import sys, marshal; exec(marshal.loads(bytes.fromhex(sys.argv.pop(1))))"
 _SETUP_FAILED = 125
 TMP_BYTES = 256 << 20  # the private /tmp of bwrap and namespaces
 FIX = ("install bubblewrap (as root: apt-get install -y bubblewrap, or source scripts/_setup.sh), or allow "
@@ -457,6 +463,7 @@ def run_python(
     python: str | None = None,
     env: Mapping[str, str] | None = None,
     drop_root: bool = True,
+    precompile: bool = False,
 ) -> RunResult:
     """Run `code` as `__main__` of a fresh interpreter in the sandbox, feed it `stdin`, and wait at most `timeout_s`.
 
@@ -465,6 +472,7 @@ def run_python(
     `files` are written into the work dir first; `collect` names files read back (regular files only, at most
     `collect_limit` bytes) into `RunResult.files`. `site_packages=True` drops `-S` so installed packages (numpy)
     import, as in LiveCodeBench's own environment. `env` adds variables to the minimal environment.
+    `precompile=True` compiles `code` here once per process (for code run over and over: the grading harness).
     Raises SandboxUnavailable when `isolation` cannot run here, SandboxError when the sandbox broke in the child.
     """
     python = python or sys.executable
@@ -472,7 +480,8 @@ def run_python(
     limits, nproc_on = _limits(layer, timeout_s, memory_mb, cpu_s, fsize_mb, nproc)
     return _execute(layer, code, stdin, python=python, timeout_s=timeout_s, limits=limits,
                     label=layer.label(nproc_on), output_limit=output_limit, site_packages=site_packages,
-                    files=files, collect=collect, collect_limit=collect_limit, args=args, env=env)
+                    files=files, collect=collect, collect_limit=collect_limit, args=args, env=env,
+                    precompile=precompile and python == sys.executable)
 
 
 def _child_env(work: str, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -503,9 +512,32 @@ def _write_inputs(work: str, code: str, files: Mapping[str, str | bytes] | None)
             f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
+@functools.lru_cache(maxsize=1)
+def _site_dirs() -> tuple[str, ...]:
+    import site
+
+    return tuple(d for d in site.getsitepackages() if os.path.isdir(d))
+
+
+@functools.lru_cache(maxsize=1)
+def _boot_hex() -> str:
+    return marshal.dumps(compile(_BOOT, "<ssd-jax sandbox bootstrap>", "exec")).hex()
+
+
+@functools.lru_cache(maxsize=8)
+def _marshalled(code: str) -> bytes:
+    return marshal.dumps(compile(code, "main.py", "exec", dont_inherit=True))
+
+
 def _command(layer: _Layer, python: str, site_packages: bool, limits: Mapping[str, tuple[int, int]], work: str,
-             errfd: int, args: Iterable[str]) -> list[str]:
-    items = [f"errfd:{errfd}"]
+             errfd: int, args: Iterable[str], compiled: bool = False) -> list[str]:
+    """The child's command line. site-packages of our own interpreter go on sys.path through the bootstrap (`-S`
+    stays: `site` would run every .pth import, ~35 ms per run with an editable install); another interpreter gets
+    its own `site`."""
+    same = python == sys.executable
+    items = [f"errfd:{errfd}"] + ["marshal:"] * compiled
+    if site_packages and same:
+        items += [f"site:{d.encode().hex()}" for d in _site_dirs()]
     if layer.kind == "ns":
         items += _ns_items(layer, work, python, _FORCE_LEGACY_RO)
     if layer.capdrop:
@@ -513,8 +545,9 @@ def _command(layer: _Layer, python: str, site_packages: bool, limits: Mapping[st
     if layer.drop is not None:
         items.append(f"setuid:{layer.drop[0]}:{layer.drop[1]}")
     items += [f"{k}:{s}:{h}" for k, (s, h) in limits.items()]
-    py = [python, "-s", "-B"] + ([] if site_packages else ["-S"])
-    cmd = [*py, "-c", _BOOT, ";".join(items), "main.py", *args]
+    py = [python, "-s", "-B"] + ([] if site_packages and not same else ["-S"])
+    boot = [_BOOT_STUB, _boot_hex()] if same else [_BOOT]
+    cmd = [*py, "-c", *boot, ";".join(items), "main.py", *args]
     if layer.kind == "bwrap":
         cmd = [*layer.args, "--bind", work, work, "--chdir", work, *cmd]
     return cmd
@@ -535,7 +568,7 @@ def _execute(layer: _Layer, code: str, stdin: str | bytes, *, python: str, timeo
              limits: Mapping[str, tuple[int, int]], label: str, output_limit: int = 1 << 20,
              site_packages: bool = False, files: Mapping[str, str | bytes] | None = None,
              collect: Iterable[str] = (), collect_limit: int = 256 << 20, args: Iterable[str] = (),
-             env: Mapping[str, str] | None = None) -> RunResult:
+             env: Mapping[str, str] | None = None, precompile: bool = False) -> RunResult:
     """One run in `layer` with a fresh work dir; raises SandboxError if the bootstrap reported a set-up failure."""
     work = tempfile.mkdtemp(prefix="ssd-sandbox-")
     err_r, err_w = os.pipe()
@@ -543,7 +576,10 @@ def _execute(layer: _Layer, code: str, stdin: str | bytes, *, python: str, timeo
         if layer.drop is not None:
             os.chown(work, *layer.drop)
         _write_inputs(work, code, files)
-        cmd = _command(layer, python, site_packages, limits, work, err_w, args)
+        if precompile:
+            with open(os.path.join(work, "main.pyc"), "wb") as f:
+                f.write(_marshalled(code))
+        cmd = _command(layer, python, site_packages, limits, work, err_w, args, precompile)
         result = _run(cmd, work, _child_env(work, env), stdin, timeout_s, output_limit, layer.kind == "bwrap",
                       err_w)
         failure = _drain(err_r)

@@ -474,3 +474,36 @@ def test_program_sees_no_host_process_and_runs_under_a_reaper(iso):
                    isolation=iso)
     pid, ppid, *visible = map(int, r.stdout.split())
     assert pid <= 3 and ppid <= 2 and max(visible) <= 3, r.stdout
+
+
+def test_site_packages_without_running_pth_imports(monkeypatch, tmp_path):
+    """site_packages=True puts our site-packages (and their .pth path lines) on sys.path but runs no .pth `import`
+    line, as `site` would (an editable install's finder alone costs ~35 ms a run). numpy imports as before."""
+    site = tmp_path / "site"
+    (site / "sub" / "extra_mod").mkdir(parents=True)
+    (site / "sub" / "extra_mod" / "__init__.py").write_text("X = 42\n")
+    marker = tmp_path / "pth-import-ran"
+    (site / "a.pth").write_text(f"# comment\nsub\nimport os; open({str(marker)!r}, 'w')\n")
+    monkeypatch.setattr(sandbox, "_site_dirs", lambda: (str(site),))
+    r = run_python("import extra_mod, sys\nprint(extra_mod.X, sys.flags.no_site)", site_packages=True,
+                   isolation="unsafe-rlimits")
+    assert r.stdout == "42 1\n", r.stderr
+    assert not marker.exists()
+    monkeypatch.undo()
+    r = run_python("import numpy\nprint(numpy.arange(3).sum())", site_packages=True)
+    assert r.stdout == "3\n", r.stderr
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_precompiled_code_runs_with_its_source_in_tracebacks(iso):
+    code = "import sys\nprint(sys.argv, __name__, __file__)\nx = 1\n1 / 0\n"
+    for _ in range(2):  # the second run reuses the compiled code
+        r = run_python(code, args=["a"], precompile=True, isolation=iso)
+        assert r.stdout == "['main.py', 'a'] __main__ main.py\n"
+        assert 'File "main.py", line 4' in r.stderr and "1 / 0" in r.stderr and "ZeroDivisionError" in r.stderr
+
+
+@pytest.mark.parametrize("iso", ISOLATIONS)
+def test_the_program_gets_a_clean_main_module(iso):
+    r = run_python("print(sorted(k for k in globals() if not k.startswith('__')), __doc__)", isolation=iso)
+    assert r.stdout == "[] None\n", r.stdout  # no bootstrap helper (nor `sys`) left behind
