@@ -296,6 +296,9 @@ def reap(libc, w):
     import os
 
     libc.prctl(PR_SET_DUMPABLE, 0)  # the program (same uid) may not ptrace PID 1 or open its fds
+    import gc
+
+    gc.freeze()  # the program's collections skip what it inherited: fewer copy-on-write faults, ~2 ms a run
     child = os.fork()
     if child == 0:
         os.close(w)
