@@ -111,9 +111,9 @@ class _Layer:
     capdrop: bool = False  # drop all capabilities (a user namespace's root cannot switch uid)
 
     def label(self, nproc_on: bool) -> str:
-        head = {"bwrap": "bwrap", "ns": "ns+userns" if self.ns == "user" else "ns", "unsafe": "unsafe"}[self.kind]
-        return "+".join([head, "rlimits" if nproc_on else "rlimits(no-nproc)"]).replace("unsafe+", "unsafe-") \
-            + "+nobody" * (self.drop is not None)
+        """e.g. "bwrap+rlimits+nobody", "ns+userns+rlimits", "unsafe-rlimits(no-nproc)"."""
+        head = {"bwrap": "bwrap+", "ns": "ns+userns+" if self.ns == "user" else "ns+", "unsafe": "unsafe-"}[self.kind]
+        return head + ("rlimits" if nproc_on else "rlimits(no-nproc)") + "+nobody" * (self.drop is not None)
 
 
 _probe_cache: dict[tuple, tuple[_Layer | None, str]] = {}

@@ -507,3 +507,14 @@ def test_precompiled_code_runs_with_its_source_in_tracebacks(iso):
 def test_the_program_gets_a_clean_main_module(iso):
     r = run_python("print(sorted(k for k in globals() if not k.startswith('__')), __doc__)", isolation=iso)
     assert r.stdout == "[] None\n", r.stdout  # no bootstrap helper (nor `sys`) left behind
+
+
+@pytest.mark.parametrize("iso", BARRIERS)
+def test_no_capabilities_no_new_privileges_no_stray_descriptors(iso):
+    r = run_python(src("""
+        import os
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        fds = [int(fd) for fd in os.listdir("/proc/self/fd")]
+        print(status["CapEff"].strip(), status["NoNewPrivs"].strip(), sorted(fds)[:3], len(fds))
+    """), isolation=iso)
+    assert r.stdout == "0000000000000000 1 [0, 1, 2] 4\n", r  # the 4th is listdir's own
