@@ -3,9 +3,8 @@
 A run uses one isolation layer, recorded in `RunResult.isolation` (e.g. "bwrap+rlimits+nobody") so a score says
 how it was obtained. `isolation` picks it:
 - "bwrap": bubblewrap (probed once per process): no network (`--unshare-net`: only a loopback of its own), own
-  PID namespace, `/`
-  read-only, a private size-capped `/tmp`, a fresh `/dev` and `/proc`, the caller's home hidden (the interpreter
-  re-exposed if it lives there), only the fresh work dir writable.
+  PID namespace, `/` read-only, a private size-capped `/tmp`, a fresh `/dev` and `/proc`, the caller's home hidden
+  (the interpreter re-exposed if it lives there), only the fresh work dir writable.
 - "namespaces" (labels "ns+..."): the same barrier built by our own bootstrap (`_boot.py`) with unshare/mount via
   ctypes, for machines without bubblewrap: a user namespace when we are not root, then mount, network (only a
   `lo` that stays down), PID (the program runs under a PID 1 reaper; when it exits the kernel kills everything
@@ -19,8 +18,10 @@ how it was obtained. `isolation` picks it:
   exit 2): generated code never runs without a network and file-system barrier unless asked to.
 - "unsafe-rlimits": no barrier at all (network and world-writable host paths reachable), only the limits below;
   the label starts with "unsafe-" so it shows in every result and in metrics.json.
-Every layer is checked before its first use: a probe program must see only a down `lo`, no more than 3 processes,
-the expected uid, and no writable mount shared with the host except the work dir.
+Every layer is checked before its first use: a probe program must see no interface but `lo` (down, in our
+namespaces), no more than 3 processes, the expected uid, and no writable mount shared with the host except the
+work dir. Not capped by any layer: the total size of the files a program writes into its work dir (each file is
+capped by RLIMIT_FSIZE; /tmp and /dev/shm are private and size-capped).
 
 Always: rlimits set by the bootstrap before the program is compiled (address space, CPU seconds, file size, no
 core files, processes: "rlimits(no-nproc)" where the kernel exempts host uid 0), "nobody" when we are root, a new
@@ -69,7 +70,6 @@ Isolation = Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"]
 # interpreter compiled, as `python -c _BOOT_STUB <marshalled _BOOT> <setup> ...` (compiling it costs ~5 ms a run).
 _BOOT = (Path(__file__).parent / "_boot.py").read_text(encoding="utf-8")
 _BOOT_STUB = "import sys, marshal; exec(marshal.loads(bytes.fromhex(sys.argv.pop(1))))"
-_SETUP_FAILED = 125
 TMP_BYTES = 256 << 20  # the private /tmp of bwrap and namespaces
 FIX = ("install bubblewrap (as root: apt-get install -y bubblewrap, or source scripts/_setup.sh), or allow "
        "namespaces (root with CAP_SYS_ADMIN, or sysctl kernel.unprivileged_userns_clone=1 / "
