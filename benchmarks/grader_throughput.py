@@ -1,22 +1,31 @@
-"""Grader throughput: programs graded per second through a 2-worker pool, bubblewrap vs plain rlimits, side by side.
+"""Grader throughput, programs graded per second with 2 workers: each sandbox layer, and LiveCodeBench's official
+grader (`check_correctness`), side by side on the same programs.
 
 Each "program" is one LiveCodeBench-style stdin solution graded in lcb_compat mode against 5 tests (one sandboxed
-process per program, as in production), plus the bare cost of one sandboxed `pass`. The two isolations alternate
-in rounds (A B A B ...) so machine noise hits both alike; the ratio is what to read.
-Usage: python benchmarks/grader_throughput.py [--programs 60] [--rounds 3] [--workers 2]
+process per program, as in production), plus the bare cost of one sandboxed `pass`. Our layers run in a
+`WorkerPool` (forkserver); LiveCodeBench's `check_correctness(sample, code, timeout=6)` runs as LiveCodeBench runs
+it, in a 2-process `ProcessPoolExecutor` (fork), each call starting its multiprocessing Manager and forking a child
+that runs `run_test` (no namespace, no rlimits). Everything alternates in rounds (A B C D A B C D ...) so machine
+noise hits all alike; medians are shown, and the ratios are what to read.
+LiveCodeBench: `pip install --no-deps nvidia-livecodebench` (module `livecodebench`; needs numpy and tqdm only).
+Usage: python benchmarks/grader_throughput.py [--programs 40] [--rounds 3] [--workers 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import multiprocessing
 import os
 import platform
 import shutil
 import subprocess
 import time
+from concurrent.futures import ProcessPoolExecutor
+from typing import Callable
 
 from ssd_jax.evaluation.grader import TestCase, grade
-from ssd_jax.evaluation.sandbox import WorkerPool, bwrap_support, run_python
+from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation, run_python
 
 PROGRAM = """
 import sys
@@ -29,6 +38,8 @@ for x in xs[1:]:
     best = max(best, cur)
 print(best)
 """
+LAYERS = ("unsafe-rlimits", "bwrap", "namespaces")
+LCB = "LiveCodeBench check_correctness"
 
 
 def tests() -> list[TestCase]:
@@ -43,43 +54,61 @@ def tests() -> list[TestCase]:
     return out
 
 
-def rate(pool: WorkerPool, isolation: str, n: int) -> tuple[float, float, str]:
+def lcb_check(code: str) -> list:
+    """One program through LiveCodeBench's own grader, as its evaluate_generations calls it."""
+    from livecodebench.evaluation.compute_code_generation_metrics import check_correctness
+
     ts = tests()
+    sample = {"input_output": json.dumps({"inputs": [t.input for t in ts], "outputs": [t.output for t in ts]})}
+    return check_correctness(sample, code, timeout=6, debug=False)[0]
+
+
+def timed(submit: Callable, n: int, check: Callable) -> float:
     t0 = time.perf_counter()
-    results = [f.result() for f in [pool.submit(grade, PROGRAM, ts, isolation=isolation) for _ in range(n)]]
-    graded = n / (time.perf_counter() - t0)
-    assert all(r.passed for r in results), results[0]
-    t0 = time.perf_counter()
-    bare = [f.result() for f in [pool.submit(run_python, "pass", isolation=isolation) for _ in range(n)]]
-    return graded, n / (time.perf_counter() - t0), bare[0].isolation
+    results = [f.result() for f in [submit() for _ in range(n)]]
+    rate = n / (time.perf_counter() - t0)
+    assert all(map(check, results)), results[0]
+    return rate
+
+
+def rate(pool: WorkerPool, isolation: str, n: int) -> tuple[float, float]:
+    ts = tests()
+    graded = timed(lambda: pool.submit(grade, PROGRAM, ts, isolation=isolation), n, lambda r: r.passed)
+    bare = timed(lambda: pool.submit(run_python, "pass", isolation=isolation), n, lambda r: r.returncode == 0)
+    return graded, bare
+
+
+def machine(workers: int) -> str:
+    exe = shutil.which("bwrap")
+    bw = subprocess.run([exe, "--version"], capture_output=True, text=True).stdout.strip() if exe else "no bwrap"
+    return (f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {bw}, "
+            f"{workers} workers, uid {os.getuid()}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--programs", type=int, default=60)
+    ap.add_argument("--programs", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    if bwrap_support() is None:
-        raise SystemExit("bubblewrap cannot run here: nothing to compare (apt-get install bubblewrap)")
-    bw_version = subprocess.run([shutil.which("bwrap"), "--version"], capture_output=True, text=True).stdout.strip()
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {bw_version}, "
-          f"{args.workers} workers, uid {os.getuid()}")
-    with WorkerPool(args.workers) as pool:
-        rate(pool, "rlimits", 4)  # warm the workers
-        rate(pool, "bwrap", 4)
-        acc: dict[str, list[tuple[float, float]]] = {"rlimits": [], "bwrap": []}
-        labels = {}
+    labels = {iso: check_isolation(iso) for iso in LAYERS}  # raises if a layer cannot run here
+    print(machine(args.workers))
+    acc: dict[str, list[tuple[float, float]]] = {k: [] for k in (*LAYERS, LCB)}
+    with WorkerPool(args.workers) as pool, \
+            ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as lcb_pool:
+        for iso in LAYERS:
+            rate(pool, iso, 4)  # warm the workers (and their probes)
+        timed(lambda: lcb_pool.submit(lcb_check, PROGRAM), 4, lambda r: r == [True] * 5)
         for _ in range(args.rounds):
-            for iso in ("rlimits", "bwrap"):
-                g, b, labels[iso] = rate(pool, iso, args.programs)
-                acc[iso].append((g, b))
-    med = {iso: tuple(sorted(v[i] for v in vals)[len(vals) // 2] for i in (0, 1)) for iso, vals in acc.items()}
-    print(f"{'isolation':<30} {'graded programs/s':>18} {'bare runs/s':>12}")
-    for iso in ("rlimits", "bwrap"):
-        print(f"{labels[iso]:<30} {med[iso][0]:>18.1f} {med[iso][1]:>12.1f}")
-    print(f"{'ratio bwrap / rlimits':<30} {med['bwrap'][0] / med['rlimits'][0]:>18.2f} "
-          f"{med['bwrap'][1] / med['rlimits'][1]:>12.2f}")
+            for iso in LAYERS:
+                acc[iso].append(rate(pool, iso, args.programs))
+            lcb = timed(lambda: lcb_pool.submit(lcb_check, PROGRAM), args.programs, lambda r: r == [True] * 5)
+            acc[LCB].append((lcb, 0.0))
+    med = {k: tuple(sorted(v[i] for v in vals)[len(vals) // 2] for i in (0, 1)) for k, vals in acc.items()}
+    print(f"{'grader (isolation)':<34} {'graded programs/s':>18} {'bare runs/s':>12} {'vs LCB official':>16}")
+    for k in (*LAYERS, LCB):
+        bare = f"{med[k][1]:.1f}" if k != LCB else "-"
+        print(f"{labels.get(k, k):<34} {med[k][0]:>18.1f} {bare:>12} {med[k][0] / med[LCB][0]:>15.2f}x")
 
 
 if __name__ == "__main__":

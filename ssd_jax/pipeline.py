@@ -30,6 +30,7 @@ from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
+from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import PRESETS
 from ssd_jax.sampling.stage import run_sample
@@ -205,6 +206,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
+    check_isolation(cfg.eval.grader.isolation)  # every round ends in grading: refuse before sampling/training
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
     stages = Stages(separate_processes(cfg))

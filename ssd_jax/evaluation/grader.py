@@ -29,7 +29,9 @@ Modes (pass@k numbers from different modes are not comparable; every result reco
   the empty metadata list raises first); we return the same. A program passes iff every returned per-test entry
   is > 0 (True), LCB's `np.all(np.array(results) > 0)`.
 Deviations we cannot avoid: an address-space cap (`memory_mb`; LCB has none) and a fresh interpreter instead of a
-fork of the evaluation process (modules such as numpy are importable, not pre-imported).
+fork of the evaluation process (modules such as numpy are importable, not pre-imported; site-packages are on
+sys.path without running .pth `import` lines). The guard nulls shutil's and subprocess's attributes when a program
+imports them rather than importing both up front; the harness ends with os._exit, as LCB's forked child does.
 
 "robust" — what a real judge would accept: each stdin test runs the program as `__main__` in its own sandboxed
 process with the input on a real stdin pipe (no prelude, no mocks); output compared by `_harness.stdout_matches`
@@ -105,7 +107,8 @@ def _cause(run: RunResult) -> str:
 
 def _harness_run(job: dict, wall_s: float, memory_mb: int | None, isolation: str, site_packages: bool) -> RunResult:
     return run_python(HARNESS_SOURCE, "", timeout_s=wall_s, memory_mb=memory_mb, isolation=isolation,
-                      site_packages=site_packages, files={"job.json": json.dumps(job)}, collect=["result.json"])
+                      site_packages=site_packages, files={"job.json": json.dumps(job)}, collect=["result.json"],
+                      precompile=True)
 
 
 def _from_report(run: RunResult, mode: str) -> GradeResult:
