@@ -157,6 +157,10 @@ def cmd_run(args) -> int:
         print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
                                                if k.startswith("pass@") and "ci" not in k)
               + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})"))
+    from ssd_jax.memory import format_peaks
+
+    if res.get("memory"):
+        print(format_peaks(res["memory"]))
     print(f"run folder: {res['run']}")
     return 0
 

@@ -26,6 +26,7 @@ from ssd_jax.evaluation import metrics as M
 from ssd_jax.evaluation.grader import grade_record, problem_payload
 from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation
 from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.memory import process_peak
 from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample
 
 
@@ -137,7 +138,7 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
                                isolation=",".join(isolation),
                                timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,
                                extra={"problems": report, "prompt": asdict(cfg.prompt), "backend": cfg.backend,
-                                      "samples": where})
+                                      "samples": where, "memory": process_peak()})
     try:
         M.plot_pass_at_k(m, out / "pass_at_k.png", title=f"{cfg.model.path} · {cfg.problems.kind}")
     except Exception as e:  # a missing plotting backend must not lose the numbers

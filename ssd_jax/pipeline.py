@@ -25,7 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from ssd_jax import __version__, distributed
+from ssd_jax import __version__, distributed, memory
 from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
@@ -106,23 +106,32 @@ class Stages:
 
     def __init__(self, separate: bool):
         self.separate = separate
+        self.memory: dict = {}  # the last stage's peak memory (memory.record), for the manifest
+
+    def _here(self, fn, *args):
+        """Run a stage in this process, measuring its peak memory."""
+        with memory.stage_peak() as mem:
+            out = fn(*args)
+        self.memory = mem
+        return out
 
     def _child(self, command: str, cfg, config_path: Path) -> None:
         dump_yaml(cfg, config_path)
-        rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", command, "--config", str(config_path)]).returncode
+        rc, self.memory = memory.run_child([sys.executable, "-m", "ssd_jax.cli", command, "--config",
+                                            str(config_path)])
         if rc != 0:
             raise UserError(f"the {command} stage failed in its own process (exit {rc}); rerun it alone with "
                             f"`ssd-jax {command} --config {config_path}`")
 
     def sample(self, cfg, config_path: Path) -> dict:
         if not self.separate:
-            return run_sample(cfg)
+            return self._here(run_sample, cfg)
         self._child("sample", cfg, config_path)
         return json.loads(Path(cfg.out).with_suffix(".manifest.json").read_text())
 
     def train(self, cfg) -> dict:
         if not self.separate:
-            return train(cfg)
+            return self._here(train, cfg)
         self._child("train", cfg, Path(cfg.out_dir).parent / "train.yaml")
         return json.loads((Path(cfg.out_dir) / "train_summary.json").read_text())
 
@@ -139,7 +148,7 @@ class Stages:
 
     def eval(self, cfg) -> dict:
         if not self.separate:
-            return run_eval(cfg)
+            return self._here(run_eval, cfg)
         self._child("eval", cfg, Path(cfg.out_dir).parent / f"{Path(cfg.out_dir).name}.yaml")
         return json.loads((Path(cfg.out_dir) / "metrics.json").read_text())
 
@@ -148,12 +157,14 @@ class Stages:
         if not self.separate:
             from ssd_jax.analysis import forklock
 
-            forklock.write_outputs(forklock.analyze(base, student, str(samples), cfg, forklock.resolve(cfg)), out)
+            self._here(lambda: forklock.write_outputs(
+                forklock.analyze(base, student, str(samples), cfg, forklock.resolve(cfg)), out))
         else:
             config_path = out.parent / "analysis.yaml"
             dump_yaml(cfg, config_path)
-            rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", "analyze", "--base", base, "--student", student,
-                                 "--samples", str(samples), "--out", str(out), "--config", str(config_path)]).returncode
+            rc, self.memory = memory.run_child([sys.executable, "-m", "ssd_jax.cli", "analyze", "--base", base,
+                                                "--student", student, "--samples", str(samples), "--out", str(out),
+                                                "--config", str(config_path)])
             if rc != 0:
                 raise UserError(f"the fork/lock analysis failed in its own process (exit {rc}); rerun it with "
                                 f"`ssd-jax analyze --base {base} --student {student} --samples {samples} --out {out} "
@@ -227,7 +238,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
         doc = stages.eval(ev)
-        man.set("base-eval", "done", overall=doc["metrics"]["overall"])
+        man.set("base-eval", "done", overall=doc["metrics"]["overall"], memory=stages.memory)
         results["base"] = doc["metrics"]["overall"]
 
     current = cfg.model
@@ -240,12 +251,14 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
             man.set(st, "running", model=current.path)
             m = stages.sample(replace(cfg.sample, model=current, mesh=cfg.mesh, out=str(samples), round=r),
                               rd / "sample.yaml")
-            man.set(st, "done", samples=m["samples"], finish_reasons=m["finish_reasons"], problems=m["problems"])
+            man.set(st, "done", samples=m["samples"], finish_reasons=m["finish_reasons"], problems=m["problems"],
+                    memory=stages.memory)
         st = f"round-{r}/filter"
         if not man.done(st):
             man.set(st, "running")
-            if distributed.is_writer():
-                run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
+            with memory.stage_peak() as filter_memory:
+                if distributed.is_writer():
+                    run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
             distributed.barrier(f"filter:{filtered}")
             stats = json.loads((rd / "filter_stats.json").read_text())
             if stats["kept"] == 0:
@@ -253,14 +266,15 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
                 raise UserError(f"{filtered}: the filter kept 0 of {stats['total']} samples (dropped "
                                 f"{ {k: v for k, v in stats['by_reason'].items() if v} }; sampling finish reasons "
                                 f"{reasons}; a prompt longer than sample.max_prompt_len ends as prompt_too_long)")
-            man.set(st, "done", kept=stats["kept"], total=stats["total"], by_reason=stats["by_reason"])
+            man.set(st, "done", kept=stats["kept"], total=stats["total"], by_reason=stats["by_reason"],
+                    memory=filter_memory)
         st = f"round-{r}/train"
         tcfg = replace(cfg.train, model=current, mesh=cfg.mesh, out_dir=str(rd / "train"),
                        data=replace(cfg.train.data, train_file=str(filtered)))
         if not man.done(st):
             man.set(st, "running")
             summary = stages.train(tcfg)
-            man.set(st, "done", final=summary["final"], export=summary["export"])
+            man.set(st, "done", final=summary["final"], export=summary["export"], memory=stages.memory)
         export = str(rd / "train" / "export")
         if cfg.select.protocol != "final":
             st = f"round-{r}/select"
@@ -280,11 +294,12 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         if not man.done(st):
             man.set(st, "running", model=export)
             doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
-            man.set(st, "done", overall=doc["metrics"]["overall"])
+            man.set(st, "done", overall=doc["metrics"]["overall"], memory=stages.memory)
         step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
         results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
         if cfg.analysis.enabled:
             analyze_round(cfg, root, rd, export, man, stages)
+    results["memory"] = {k: v["memory"] for k, v in man.doc["stages"].items() if "memory" in v}
     if distributed.is_writer():
         atomic_write_text(root / "summary.json", json.dumps(results, indent=2) + "\n")
         write_report(root, man.doc)
@@ -309,7 +324,7 @@ def analyze_round(cfg: RunConfig, root: Path, rd: Path, export: str, man: Manife
     distributed.barrier(f"analyze:{rd}")
     if labels is None:
         labels = json.loads((rd / "analysis" / "forklock.json").read_text())["labels"]
-    man.set(st, "done", samples=str(samples), locks=labels["lock"], forks=labels["fork"],
+    man.set(st, "done", samples=str(samples), locks=labels["lock"], forks=labels["fork"], memory=stages.memory,
             positions=labels["positions"], page=str(rd / "analysis" / "forklock.html"))
 
 

@@ -21,6 +21,7 @@ from ssd_jax.data.filters import read_samples
 from ssd_jax.data.prompts import DEFAULT_SYSTEM, PromptConfig, messages, render
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.memory import process_peak
 from ssd_jax.presets import preset
 from ssd_jax.sampling.jax_sampler import SamplingParams
 from ssd_jax.sampling.truncation import Truncation
@@ -285,7 +286,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
     manifest = {"out": str(out), "samples": len(samples), "problems": report, "decode": decode_rec,
                 "prompt": asdict(pcfg), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
                 "finish_reasons": reasons, "generated_this_run": generated,
-                "replicas": cfg.vllm.replicas if cfg.backend == "vllm" else 1}
+                "replicas": cfg.vllm.replicas if cfg.backend == "vllm" else 1, "memory": process_peak()}
     if todo and getattr(sampler, "submitted", None) is not None:
         manifest["requests_per_engine_submission"] = sampler.submitted
     if merges:

@@ -23,6 +23,7 @@ from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.memory import process_peak
 from ssd_jax.models import hf
 from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh
 from ssd_jax.train import optim
@@ -190,7 +191,7 @@ def train(cfg: TrainConfig) -> dict:
         hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir)
     summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
                "data": stats.to_dict(), "accumulation": accum, "devices": jax.device_count(),
-               "mesh": dict(mesh.shape)}
+               "mesh": dict(mesh.shape), "memory": process_peak()}
     if writer:
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")
     return summary

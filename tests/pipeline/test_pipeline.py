@@ -48,6 +48,10 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
         "base-eval", "round-1/sample", "round-1/filter", "round-1/train", "round-1/eval",
         "round-2/sample", "round-2/filter", "round-2/train", "round-2/eval", "round-1/analyze", "round-2/analyze"}
     assert man["versions"]["jax"] and man["git_commit"]
+    for name, st in stages.items():  # every stage's own peak memory: present and plausible
+        mem = st["memory"]
+        assert mem["scope"] in ("stage", "child process") and 0.05 < mem["peak_rss_gb"] < 24, (name, mem)
+    assert "peak memory per stage" in capsys.readouterr().out
     for r in (1, 2):
         for f in ("samples.jsonl", "filtered.jsonl", "verdicts.jsonl", "filter_stats.json", "train/export/config.json",
                   "eval/metrics.json", "eval/graded.jsonl", "eval/lcb_output.json"):
