@@ -33,6 +33,7 @@ from ssd_jax.eval_run import run_eval
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import PRESETS
+from ssd_jax.report import write_report
 from ssd_jax.sampling.stage import run_sample
 from ssd_jax.train.checkpoint import TrainCheckpointer
 from ssd_jax.train.export import export_checkpoint
@@ -326,43 +327,3 @@ def analyze_round(cfg: RunConfig, root: Path, rd: Path, export: str, man: Manife
         labels = json.loads((rd / "analysis" / "forklock.json").read_text())["labels"]
     man.set(st, "done", samples=str(samples), locks=labels["lock"], forks=labels["fork"], memory=stages.memory,
             positions=labels["positions"], page=str(rd / "analysis" / "forklock.html"))
-
-
-def _pass_cells(overall: dict) -> str:
-    ks = sorted(int(k.split("@")[1]) for k in overall if k.startswith("pass@") and "_ci" not in k)
-    cells = []
-    for k in ks:
-        lo, hi = overall.get(f"pass@{k}_ci95", [overall[f"pass@{k}"]] * 2)
-        cells.append(f"pass@{k} {100 * overall[f'pass@{k}']:.1f}% [{100 * lo:.1f}, {100 * hi:.1f}]")
-    return "; ".join(cells) + f" (n={overall.get('n_problems', '?')})"
-
-
-def write_report(root: Path, manifest: dict) -> None:
-    """report.md: base and every round side by side (pass@k with 95% CIs, filter, training, fork/lock), with
-    links to the charts and the analysis page, all relative to the run folder."""
-    stages = manifest["stages"]
-    lines = [f"# SSD run report: {root.name}", "", "| model | evaluation | chart |", "|---|---|---|"]
-    if "overall" in stages.get("base-eval", {}):
-        lines.append(f"| base | {_pass_cells(stages['base-eval']['overall'])} | [pass@k](base-eval/pass_at_k.png) |")
-    rounds = sorted({int(k.split("/")[0].split("-")[1]) for k in stages if k.startswith("round-")})
-    for r in rounds:
-        ev = stages.get(f"round-{r}/eval", {})
-        if "overall" in ev:
-            lines.append(f"| round {r} | {_pass_cells(ev['overall'])} | [pass@k](round-{r}/eval/pass_at_k.png) |")
-    for r in rounds:
-        lines += ["", f"## Round {r}"]
-        flt, tr, an = (stages.get(f"round-{r}/{s}", {}) for s in ("filter", "train", "analyze"))
-        if flt.get("status") == "done":
-            dropped = {k: v for k, v in flt["by_reason"].items() if v}
-            lines.append(f"- filter: kept {flt['kept']} of {flt['total']} samples (dropped: {dropped or 'none'})")
-        if tr.get("status") == "done" and tr.get("final"):
-            lines.append(f"- train: {tr['final']['step']} steps, final loss {tr['final']['loss']:.4f} "
-                         f"([metrics](round-{r}/train/metrics.jsonl))")
-        if an.get("status") == "done":
-            lk, fk = an["locks"], an["forks"]
-            lines += [f"- fork/lock ([page](round-{r}/analysis/forklock.html)): {an['positions']} positions of "
-                      f"held-out responses; {lk['count']} locks, tail mass base {lk['tail_mass']['base']:.4f} → "
-                      f"SSD {lk['tail_mass']['student']:.4f}; {fk['count']} forks, entropy within the kept set "
-                      f"base {fk['head_entropy']['base']:.3f} → SSD {fk['head_entropy']['student']:.3f} nats",
-                      "", f"![entropy after truncation](round-{r}/analysis/c_entropy.png)"]
-    atomic_write_text(root / "report.md", "\n".join(lines) + "\n")
