@@ -1,7 +1,8 @@
 """The grading harness that runs *inside* the sandbox, so the grading process never executes generated code.
 
 It is shipped to the sandbox as source (`HARNESS_SOURCE`), runs as `__main__` with a `job.json` beside it, and
-reports per-test verdicts in `result.json`. It is stdlib-only and imports nothing from ssd_jax. The parent
+reports per-test verdicts in `result.json` (mode mlssd: `results.jsonl`, a line per test). It imports only the
+standard library (and, in mode mlssd, numpy and pandas for programs that use them), nothing from ssd_jax. The parent
 imports the same module for the comparators and the import prelude, so both sides use one definition.
 
 Modes:
@@ -9,7 +10,7 @@ Modes:
   commit 28fef95, testing_util last changed in 16de2a1, 2025-05-23), re-implemented behaviour for behaviour,
   quirks included, because a "better" grader gives numbers that cannot be compared with the paper. See
   `grader.py` for the list of rules.
-  `stdin: "nvidia-26.3"` gives the 2025-01-17 testing_util that PyPI's nvidia-livecodebench 26.3 ships (a plain
+  A job with `stdin: "nvidia-26.3"` gets the 2025-01-17 testing_util that PyPI's nvidia-livecodebench 26.3 ships (a plain
   StringIO as sys.stdin).
 - "mlssd": apple/ml-ssd's released evaluator (`evaluation/livecodebench_utils.py`, checked at 15c4292): its own
   prelude (numpy, pandas), no recursion-limit or int-digits change, `exit` disabled, an iterable stdin mock, no
