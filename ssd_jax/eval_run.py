@@ -4,9 +4,11 @@ This module sits beside sampling/ and train/ (it drives the sampler), above eval
 metrics), which never imports a sampler. Outputs in `out_dir`:
   samples.jsonl (+ .manifest.json)   resumable, as `ssd-jax sample`
   lcb_output.json                    LiveCodeBench custom-output format: [{question_id, code_list}]
-  graded.jsonl                       {problem_id, sample_idx, passed, error_code, error_message, isolation}
+  graded.jsonl                       {problem_id, sample_idx, passed, error_code, error_message, isolation,
+                                      grader_mode, extraction}
   metrics.json, pass_at_k.png        pass@k overall / by difficulty / by platform, with what produced them
-Grading is resumable too: graded samples are skipped on rerun. `--grade-only` grades an existing samples file.
+Grading is resumable too: graded samples are skipped on rerun (refused when they were graded with another mode or
+extraction rule). `--grade-only` grades an existing samples file.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ssd_jax import distributed
-from ssd_jax.code import extract_code
+from ssd_jax.code import extract
 from ssd_jax.config import EvalConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem, read_jsonl
@@ -50,6 +52,7 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
         if good != text:
             atomic_write_text(out_path, good)
         for _, rec in read_jsonl(out_path):
+            _check_same_grader(rec, cfg, out_path)
             done[(rec["problem_id"], int(rec["sample_idx"]))] = rec
     todo = [s for s in samples if (s["problem_id"], int(s["sample_idx"])) not in done]
     g = cfg.grader
@@ -62,9 +65,11 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
             progress = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="grade", unit="program")
         with WorkerPool(max_workers=g.workers) as pool, open(out_path, "a", encoding="utf-8") as f:
             futures = [(s, pool.submit(grade_record, pdicts[s["problem_id"]], s["response"], g.mode, g.timeout_s,
-                                       g.memory_mb, g.isolation)) for s in todo]
+                                       g.memory_mb, g.isolation, g.resolved_extraction(), g.lcb_version))
+                       for s in todo]
             for i, (s, fut) in enumerate(futures):
-                rec = {"problem_id": s["problem_id"], "sample_idx": int(s["sample_idx"]), **fut.result()}
+                rec = {"problem_id": s["problem_id"], "sample_idx": int(s["sample_idx"]), **fut.result(),
+                       **_grader_stamp(cfg)}
                 done[(rec["problem_id"], rec["sample_idx"])] = rec
                 f.write(json.dumps(rec) + "\n")
                 if i % 16 == 15 or i == len(futures) - 1:
@@ -77,10 +82,26 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
     return [done[(s["problem_id"], int(s["sample_idx"]))] for s in samples]
 
 
-def write_lcb_output(samples: list[dict], path: Path) -> None:
+def _grader_stamp(cfg: EvalConfig) -> dict:
+    """What a graded record was graded with (HumanEval: its own check, under the configured extraction)."""
+    mode = "humaneval" if cfg.problems.kind == "humaneval" else cfg.grader.mode
+    return {"grader_mode": mode, "extraction": cfg.grader.resolved_extraction()}
+
+
+def _check_same_grader(rec: dict, cfg: EvalConfig, where: Path) -> None:
+    """Refuse to resume over records graded another way: one metrics file would mix two graders' verdicts."""
+    want = _grader_stamp(cfg)
+    for key, value in want.items():
+        if key in rec and rec[key] != value:
+            raise UserError(f"{where}: sample {rec['problem_id']}#{rec['sample_idx']} was graded with {key} "
+                            f"{rec[key]!r}, this run uses {value!r}; remove the file or choose another out_dir")
+
+
+def write_lcb_output(samples: list[dict], path: Path, extraction: str = "lcb") -> None:
+    """LiveCodeBench's custom-output file: the code each sample's response yields under `extraction`."""
     by: dict[str, list[tuple[int, str]]] = {}
     for s in samples:
-        by.setdefault(s["problem_id"], []).append((int(s["sample_idx"]), extract_code(s["response"])))
+        by.setdefault(s["problem_id"], []).append((int(s["sample_idx"]), extract(s["response"], extraction) or ""))
     doc = [{"question_id": pid.split("/", 1)[-1], "code_list": [c for _, c in sorted(v)]} for pid, v in by.items()]
     atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
 
@@ -116,13 +137,24 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
         distributed.barrier(f"eval-graded:{out}")
 
 
+def _grader_options(cfg: EvalConfig) -> dict:
+    """The mode's own switches, for metrics.json: which LCB testing_util, or which tests ml-ssd's rules used."""
+    g = cfg.grader
+    if g.mode == "lcb_compat":
+        return {"lcb_version": g.lcb_version, "tests": "all (public and private)"}
+    if g.mode == "mlssd":
+        return {"tests": "private (all where a problem has no split)",
+                "deadline": "(timeout_s + 1) * tests + 5 s per program, no per-test alarm"}
+    return {"tests": "all (public and private)"}
+
+
 def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], report: dict, samples_path: Path,
                       where: str) -> dict:
     samples = read_samples(samples_path)
     if not samples:
         raise UserError(f"{where}: no samples to grade")
     check_gradable(problems, samples, where)
-    write_lcb_output(samples, out / "lcb_output.json")
+    write_lcb_output(samples, out / "lcb_output.json", cfg.grader.resolved_extraction())
     graded = grade_samples(samples, problems, out / "graded.jsonl", cfg)
     groups = {pid: {"difficulty": p.difficulty, "platform": p.platform} for pid, p in problems.items()}
     ks = [k for k in cfg.ks if k <= min(sum(1 for s in samples if s["problem_id"] == pid)
@@ -137,6 +169,8 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
                                grader_mode="humaneval" if humaneval else cfg.grader.mode,
                                isolation=",".join(isolation),
                                timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,
+                               extraction=cfg.grader.resolved_extraction(),
+                               grader_options=None if humaneval else _grader_options(cfg),
                                extra={"problems": report, "prompt": asdict(cfg.prompt), "backend": cfg.backend,
                                       "samples": where, "memory": process_peak()})
     try:

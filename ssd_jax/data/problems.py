@@ -30,6 +30,9 @@ class TestCase:
     input: str
     output: str
     testtype: str = "stdin"  # stdin | functional
+    # LCB: False for public_test_cases, True for private_test_cases; None where a source has no such split.
+    # grader mode mlssd grades the private ones only, as apple/ml-ssd's evaluator does.
+    private: bool | None = None
 
 
 @dataclass
@@ -277,7 +280,8 @@ def load_livecodebench(path: str | os.PathLike, *, release: str | None = None, w
             private = decode_private_tests(row.get("private_test_cases") or "[]", where)
             meta = row.get("metadata") or "{}"
             meta = json.loads(meta) if isinstance(meta, str) else meta
-            tests = [TestCase(str(t["input"]), str(t["output"]), t.get("testtype", "stdin")) for t in public + private]
+            tests = [TestCase(str(t["input"]), str(t["output"]), t.get("testtype", "stdin"), i >= len(public))
+                     for i, t in enumerate(public + private)]
             problems.append(Problem(
                 id=f"lcb/{row['question_id']}", source="lcb", question=row["question_content"],
                 starter_code=row.get("starter_code") or "", func_name=meta.get("func_name"),

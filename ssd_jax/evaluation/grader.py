@@ -33,6 +33,37 @@ fork of the evaluation process (modules such as numpy are importable, not pre-im
 sys.path without running .pth `import` lines). The guard nulls shutil's and subprocess's attributes when a program
 imports them rather than importing both up front; the harness ends with os._exit, as LCB's forked child does.
 
+`lcb_version: "nvidia-26.3"` reproduces the testing_util that PyPI's nvidia-livecodebench 26.3 ships: LCB's
+2025-01-17 version (commit 15808c7), where sys.stdin during a stdin test is a plain StringIO: `sys.stdin.buffer`
+raises AttributeError (RE), `for line in sys.stdin` works, `sys.stdin.readlines()` keeps the newlines and
+`sys.stdin.read()` consumes the input. Everything else is identical (checked by diffing the two files).
+
+"mlssd" — apple/ml-ssd's released evaluator (`evaluation/livecodebench_utils.py` and `benchmark.py`, commit
+15c4292), which produced the SSD paper's numbers; rules that differ from lcb_compat:
+- only the tests marked private (`TestCase.private`; LCB's `private_test_cases`); a problem whose tests carry no
+  public/private split (JSONL, rStar) uses them all; an LCB problem with no private test fails every sample;
+- one process per program; no per-test alarm: one deadline of `(timeout_s + 1) * tests + 5` s for the whole
+  program (ml-ssd's `p.join`), then the process is killed and every test it did not report counts as failed
+  ("Error: Time out!", error code -3) — also when it died for another reason (os._exit, a crash, SystemExit in
+  a functional solution, sys.exit at module level);
+- its prelude (`_harness.MLSSD_PRELUDE`: named imports, numpy as np, pandas as pd, no star-imports), no
+  `sys.setrecursionlimit` (Python's 1000) and no `set_int_max_str_digits` (printing an int over 4300 digits is
+  a runtime error); its guard sets `exit = None` (so `exit()` is a runtime error; `sys.exit()` still ends a
+  stdin program normally) and leaves `help`;
+- stdin programs: every test re-compiles the wrapped program ("Compilation failed" for syntax errors, a failing
+  import, or the text "class Solution"); sys.stdin is LCB's buffer mock plus iteration (`for line in sys.stdin`
+  works); `open(0).read()` sees the input (no star-import binds the real `open`); output check as LCB's;
+- functional programs: every test execs the whole program into a fresh dict; `Solution().<func_name>` when the
+  text has "class Solution:" or "class Solution(", else a top-level function of that name; inputs parsed by
+  ml-ssd's heuristics (`_harness.mlssd_functional_args`), tuples become lists, then `str(result)` and
+  `str(expected)` compared by LCB's stdout rule (so 1.0 == 1 and [1, 2] matches, but 0.1+0.2 != 0.3);
+- `per_test` is ml-ssd's `test_results`: 1 or 0 per test, padded to the test count; error_message is ml-ssd's
+  output value of the first failing test ("Compilation failed", "Runtime error: <e>", the wrong output, ...);
+  codes -2 wrong output, -3 time out, -4 any exception, -1 no code block (with `extraction: mlssd`, ml-ssd fails
+  such a response without running it: "Does not contain code component.").
+numpy and pandas must be importable by the sandbox's interpreter (ml-ssd's prelude imports both; a program that
+never names them gets stand-ins, which saves ~1.5 s a program and changes no verdict).
+
 "robust" — what a real judge would accept: each stdin test runs the program as `__main__` in its own sandboxed
 process with the input on a real stdin pipe (no prelude, no mocks); output compared by `_harness.stdout_matches`
 (trailing whitespace and trailing blank lines ignored; numbers within rel/abs 1e-6, integers exact).
@@ -42,6 +73,8 @@ compared by `_harness.values_match` (tuples = lists at every depth, floats withi
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -54,10 +87,14 @@ from ssd_jax.evaluation import _harness
 from ssd_jax.evaluation.sandbox import RunResult, run_python
 
 HARNESS_SOURCE = Path(_harness.__file__).read_text(encoding="utf-8")
-MODES = ("lcb_compat", "robust")
-Mode = Literal["lcb_compat", "robust"]
+MODES = ("lcb_compat", "mlssd", "robust")
+Mode = Literal["lcb_compat", "mlssd", "robust"]
+LCB_VERSIONS = ("upstream", "nvidia-26.3")
 
 PASSED, WRONG_ANSWER, TIME_LIMIT, RUNTIME_ERROR, TEST_RUNNER_ERROR = 0, -2, -3, -4, -5  # LCB's error codes
+NO_CODE = -1  # mlssd extraction found no code block: failed without running (ml-ssd has no codes; ours)
+MLSSD_NO_CODE = "Does not contain code component."
+_MLSSD_CODES = {"wa": WRONG_ANSWER, "re": RUNTIME_ERROR}
 
 
 @dataclass
@@ -65,7 +102,7 @@ class GradeResult:
     """One program's verdict, with how it was obtained (mode, isolation) so results are never mixed up."""
 
     passed: bool
-    error_code: int  # 0 passed, -2 WA, -3 TLE, -4 RE, -5 test-runner error (the harness died)
+    error_code: int  # 0 passed, -1 no code (mlssd), -2 WA, -3 TLE, -4 RE, -5 test-runner error (the harness died)
     error_message: str
     per_test: list  # LCB style: True per passed test, then the failing code; stops at the first failure
     isolation: str
@@ -137,15 +174,22 @@ def grade(
     site_packages: bool = True,
     rel_tol: float = _harness.REL_TOL,
     abs_tol: float = _harness.ABS_TOL,
+    lcb_version: str = "upstream",
 ) -> GradeResult:
-    """Grade extracted `code` (`ssd_jax.code.extract_code`) against `tests` in `mode`, `timeout_s` per test."""
+    """Grade extracted `code` (`ssd_jax.code.extract`) against `tests` in `mode`, `timeout_s` per test (mlssd: one
+    budget for the program, see the module docstring)."""
     if mode not in MODES:
         raise ConfigError(f"grader mode {mode!r}: expected one of {', '.join(MODES)}")
+    if lcb_version not in LCB_VERSIONS:
+        raise ConfigError(f"grader lcb_version {lcb_version!r}: expected one of {', '.join(LCB_VERSIONS)}")
     functional = _check(tests, func_name)
+    if mode == "mlssd":
+        return _grade_mlssd(code, tests, timeout_s, memory_mb, func_name if functional else None, isolation,
+                            site_packages)
     inputs, outputs = [t.input for t in tests], [t.output for t in tests]
     if mode == "lcb_compat":
         job = {"mode": "lcb_compat", "code": code, "inputs": inputs, "outputs": outputs,
-               "fn_name": func_name if functional else None, "timeout": timeout_s}
+               "fn_name": func_name if functional else None, "timeout": timeout_s, "stdin": lcb_version}
         wall = (timeout_s + 1) * len(tests) + 5  # check_correctness's global join timeout
         return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages), mode)
     if functional:
@@ -154,6 +198,88 @@ def grade(
         wall = (timeout_s + 1) * len(tests) + 5
         return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages), mode)
     return _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol)
+
+
+def mlssd_tests(tests: Sequence[TestCase]) -> list[TestCase]:
+    """The tests ml-ssd grades: the private ones (its `"test": row["private_test_cases"]`). Tests that carry no
+    public/private split (`private is None`: JSONL and rStar problems) are all used."""
+    if any(t.private is not None for t in tests):
+        return [t for t in tests if t.private]
+    return list(tests)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_numeric_stack(site_packages: bool) -> None:
+    """ml-ssd's prelude imports numpy and pandas: without them every program would fail, so refuse instead."""
+    if not site_packages:
+        raise ConfigError("grader mode mlssd needs site_packages: ml-ssd's prelude imports numpy and pandas")
+    missing = [m for m in ("numpy", "pandas") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(f"grader mode mlssd needs {' and '.join(missing)} installed (ml-ssd's prelude imports "
+                          f"numpy and pandas): pip install {' '.join(missing)}")
+
+
+def _not_run(code: int, message: str, mode: str, per_test: list | None = None) -> GradeResult:
+    return GradeResult(False, code, message, per_test or [], "not-run", {}, mode, 0.0)
+
+
+def _grade_mlssd(code: str, tests: Sequence[TestCase], timeout_s: float, memory_mb: int | None,
+                 fn_name: str | None, isolation: str, site_packages: bool) -> GradeResult:
+    """Run the program under ml-ssd's rules (`_harness.run_mlssd`) on the private tests; see the module docstring."""
+    chosen = mlssd_tests(tests)
+    if not chosen:  # ml-ssd: empty test_results, which its pass@k counts as failed
+        return _not_run(TEST_RUNNER_ERROR, "no private tests: ml-ssd counts every sample as failed", "mlssd")
+    _check_numeric_stack(site_packages)
+    job = {"mode": "mlssd", "code": code, "tests": [{"input": t.input, "output": t.output} for t in chosen],
+           "fn_name": fn_name, "timeout": timeout_s}
+    deadline = (timeout_s + 1) * len(chosen) + 5  # lcb_run's p.join timeout; the harness enforces it
+    run = run_python(HARNESS_SOURCE, "", timeout_s=deadline + 10, memory_mb=memory_mb, isolation=isolation,
+                     site_packages=site_packages, files={"job.json": json.dumps(job)}, collect=["results.jsonl"],
+                     precompile=True)
+    return _from_mlssd_lines(run, len(chosen))
+
+
+def _from_mlssd_lines(run: RunResult, n_tests: int) -> GradeResult:
+    """Per-test JSON lines → ml-ssd's verdict: tests not reported (deadline, a dead worker) are "Error: Time out!"
+    failures, as lcb_run pads them; the first failing test gives the code and message."""
+    entries, deadline = [], False
+    for line in run.files.get("results.jsonl", b"").decode("utf-8", "replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            break  # a line cut by the kill
+        if isinstance(entry, dict) and entry.get("deadline"):
+            deadline = True
+        elif isinstance(entry, dict):
+            entries.append(entry)
+    details: dict = {"tests": n_tests}
+    if len(entries) < n_tests and (not entries or entries[-1].get("passed")):
+        details["cause"] = "global timeout" if deadline else \
+            f"{_cause(run).replace(' without a report', '')} after {len(entries)} of {n_tests} tests"
+        details["stderr"] = run.stderr[-2000:]
+    entries += [{"passed": False, "kind": "timeout", "output": _harness.MLSSD_TIME_OUT}] * (n_tests - len(entries))
+    per_test = [1 if e.get("passed") is True else 0 for e in entries]
+    if all(per_test):
+        return GradeResult(True, PASSED, "passed", per_test, run.isolation, details, "mlssd", run.wall_s)
+    first = next(e for e in entries if e.get("passed") is not True)
+    code = TIME_LIMIT if first.get("kind") == "timeout" else _MLSSD_CODES.get(first.get("kind"), RUNTIME_ERROR)
+    return GradeResult(False, code, str(first.get("output", "")), per_test, run.isolation, details, "mlssd",
+                       run.wall_s)
+
+
+def grade_response(response: str, tests: Sequence[TestCase], *, mode: Mode = "lcb_compat",
+                   extraction: str = "lcb", **kwargs) -> GradeResult:
+    """Extract the code of a model `response` by `extraction` (`ssd_jax.code.extract`) and `grade` it. In mode
+    mlssd a response without a block fails unrun, as in ml-ssd; the other modes grade "" (LCB's behaviour)."""
+    from ssd_jax.code import extract
+
+    code = extract(response, extraction)
+    if code is None:
+        if mode == "mlssd":
+            _check(tests, kwargs.get("func_name"))
+            return _not_run(NO_CODE, MLSSD_NO_CODE, mode)
+        code = ""
+    return grade(code, tests, mode=mode, **kwargs)
 
 
 def _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol) -> GradeResult:
@@ -231,18 +357,19 @@ def problem_payload(problem) -> dict:
 
 
 def grade_record(problem: dict, response: str, mode: str, timeout_s: float, memory_mb: int | None,
-                 isolation: str = "auto") -> dict:
+                 isolation: str = "auto", extraction: str = "lcb", lcb_version: str = "upstream") -> dict:
     """Grade one model response to one problem (a `problem_payload`): HumanEval problems by `check()`, the rest by
-    their tests on the extracted code block. Runs in a WorkerPool worker, so it imports no sampler and no JAX."""
-    from ssd_jax.code import extract_code, humaneval_program
+    their tests on the code block `extraction` finds. Runs in a WorkerPool worker: imports no sampler, no JAX."""
+    from ssd_jax.code import humaneval_program
 
     if problem["source"] == "humaneval":
-        program = humaneval_program(problem["question"], response, problem["entry_point"])
+        program = humaneval_program(problem["question"], response, problem["entry_point"], extraction)
         r = grade_humaneval(program, problem["check_code"], problem["entry_point"], timeout_s=min(timeout_s, 3.0),
                             memory_mb=memory_mb, isolation=isolation)
     else:
         tests = [TestCase(**t) for t in problem["tests"]]
-        r = grade(extract_code(response), tests, mode=mode, timeout_s=timeout_s, memory_mb=memory_mb,
-                  func_name=problem.get("func_name"), isolation=isolation)
+        r = grade_response(response, tests, mode=mode, extraction=extraction, timeout_s=timeout_s,
+                           memory_mb=memory_mb, func_name=problem.get("func_name"), isolation=isolation,
+                           lcb_version=lcb_version)
     return {"passed": bool(r.passed), "error_code": int(r.error_code), "error_message": r.error_message[:500],
             "isolation": r.isolation}

@@ -148,10 +148,15 @@ def write_metrics_json(
     isolation: str,
     timeout_s: float,
     extra: Mapping[str, Any] | None = None,
+    extraction: str | None = None,
+    grader_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write metrics plus everything needed to know what they mean (model, decoding, n, grader) atomically."""
+    """Write metrics plus everything needed to know what they mean (model, decoding, n, grader: mode, extraction
+    rule and the mode's options, since each changes verdicts) atomically."""
+    grader = {"mode": grader_mode, "extraction": extraction, "isolation": isolation, "timeout_s": timeout_s,
+              **(dict(grader_options) if grader_options else {})}
     doc = {"model": model, "decode": dict(decode), "n_samples_per_problem": n,
-           "grader": {"mode": grader_mode, "isolation": isolation, "timeout_s": timeout_s},
+           "grader": {k: v for k, v in grader.items() if v is not None},
            **(dict(extra) if extra else {}), "metrics": dict(metrics)}
     atomic_write_text(path, json.dumps(doc, indent=2, sort_keys=False, allow_nan=True) + "\n")
     return doc

@@ -101,3 +101,41 @@ def test_humaneval_fenced_body_only_is_appended_to_prompt():
 def test_humaneval_unfenced_full_function():
     prog = humaneval_program(PROMPT, "def add(a, b):\n    return a + b\n", entry_point="add")
     assert prog.count("def add(") == 1
+
+
+# ml-ssd's extraction (grader.extraction: mlssd): regex, last complete block, None when there is none.
+def test_mlssd_extraction_takes_the_last_complete_block():
+    from ssd_jax.code import extract_code_mlssd
+
+    assert extract_code_mlssd("a\n```python\nx = 1\n```\nb\n```py\nprint(2)\n```\n") == "print(2)\n"
+    # a final block cut off by the token limit: the previous complete one (LCB's rule takes the prose)
+    text = "```python\nprint(1)\n```\nLet me refine.\n```python\nprint(2"
+    assert extract_code_mlssd(text) == "print(1)\n" and extract_code(text) == "Let me refine."
+
+
+def test_mlssd_extraction_tags_and_missing_blocks():
+    from ssd_jax.code import extract_code_mlssd
+
+    assert extract_code_mlssd("no code") is None
+    assert extract_code_mlssd("```python3\nprint(1)\n```") is None  # a digit in the tag opens nothing
+    assert extract_code_mlssd("``` python\nprint(1)\n```") is None
+    assert extract_code_mlssd("```\n```") == ""  # an empty block is code: the empty program
+    # the closing fence of a ```python3 block opens a "block" of the prose after it
+    assert extract_code_mlssd("```python3\nx\n```\nprose\n```python\ny\n```") == "prose\n"
+    assert extract_code_mlssd("```python\nprint(1)\n</code>junk\n```") == "print(1)\n"
+    assert extract_code_mlssd("```\n<code>print(1)```") == "print(1)"
+
+
+def test_extract_dispatches_and_rejects_unknown_rules():
+    from ssd_jax.code import extract
+    from ssd_jax.errors import ConfigError
+
+    assert extract("no code", "lcb") == "" and extract("no code", "mlssd") is None
+    with pytest.raises(ConfigError, match="extraction 'x'"):
+        extract("", "x")
+
+
+def test_humaneval_program_uses_the_extraction_rule():
+    text = "```python\n    return a + b\n```\nmore\n```python\n    return 0"
+    assert humaneval_program(PROMPT, text, extraction="mlssd") == PROMPT + "    return a + b\n"
+    assert humaneval_program(PROMPT, text) == PROMPT + "more"

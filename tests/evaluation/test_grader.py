@@ -242,7 +242,7 @@ def test_robust_fork_bomb_is_a_timeout_when_nproc_is_enforced():
 
 
 def test_input_validation():
-    with pytest.raises(ConfigError, match="lcb_compat, robust"):
+    with pytest.raises(ConfigError, match="lcb_compat, mlssd, robust"):
         grade("print(1)", [T("", "1")], mode="strict")
     with pytest.raises(UserError, match="func_name"):
         grade("print(1)", [F("1", "1")])
