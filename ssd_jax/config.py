@@ -130,7 +130,7 @@ class ProblemSource:
     passed_only: bool = True  # rstar: keep rows with is_passed == True
     dedup: Literal["question_id", "statement", "both", "none"] = "question_id"  # rstar
     release: str | None = None  # lcb: release_v1 … release_v6 (which test*.jsonl files)
-    window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows)
+    window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows; a count other than its 374 / 131 warns)
     start_date: str | None = None  # lcb, inclusive ISO dates
     end_date: str | None = None
     skip: int = 0  # drop the first N problems (with limit: a slice, e.g. a held-out split)

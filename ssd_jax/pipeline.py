@@ -225,7 +225,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
         doc = stages.eval(ev)
-        man.set("base-eval", "done", overall=doc["metrics"]["overall"])
+        man.set("base-eval", "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"))
         results["base"] = doc["metrics"]["overall"]
 
     current = cfg.model
@@ -278,7 +278,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         if not man.done(st):
             man.set(st, "running", model=export)
             doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
-            man.set(st, "done", overall=doc["metrics"]["overall"])
+            man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"))
         step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
         results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
         if cfg.analysis.enabled:

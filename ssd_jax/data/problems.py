@@ -14,6 +14,8 @@ import io
 import json
 import os
 import pickle
+import sys
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -213,8 +215,18 @@ def decontaminate(pool: list[Problem], eval_set: list[Problem], ngram: int = 13)
 # LiveCodeBench
 # ---------------------------------------------------------------------------------------------------------------
 
-# Paper's windows (FACTS §5): v6 = contests 2025-02..2025-05 (131 problems), v5 = 2024-08..2025-02 (374).
-LCB_WINDOWS = {"v6": ("2025-02-01", "2025-05-31"), "v5": ("2024-08-01", "2025-01-31")}
+
+@dataclass(frozen=True)
+class LcbWindow:
+    """A paper window: inclusive ISO contest dates and the problem count the paper reports for it."""
+
+    start: str
+    end: str
+    expected: int
+
+
+# The paper's windows (App. C.1, FACTS §5): v6 = contests Feb–May 2025, 131 problems; v5 = Aug 2024–Feb 2025, 374.
+LCB_WINDOWS = {"v6": LcbWindow("2025-02-01", "2025-05-31", 131), "v5": LcbWindow("2024-08-01", "2025-02-28", 374)}
 LCB_RELEASE_FILES = {f"release_v{i}": ["test.jsonl"] + [f"test{j}.jsonl" for j in range(2, i + 1)] for i in range(1, 7)}
 
 
@@ -259,7 +271,7 @@ def load_livecodebench(path: str | os.PathLike, *, release: str | None = None, w
     if window:
         if window not in LCB_WINDOWS:
             raise UserError(f"window {window!r}: expected one of {', '.join(LCB_WINDOWS)}")
-        start_date, end_date = LCB_WINDOWS[window]
+        start_date, end_date = LCB_WINDOWS[window].start, LCB_WINDOWS[window].end
     problems = []
     for f in files:
         for i, row in read_jsonl(f):
@@ -283,7 +295,34 @@ def load_livecodebench(path: str | os.PathLike, *, release: str | None = None, w
                 starter_code=row.get("starter_code") or "", func_name=meta.get("func_name"),
                 difficulty=row.get("difficulty"), platform=row.get("platform"), contest_date=date, tests=tests))
     _check_unique(problems, path)
+    if window:
+        check_window_count(problems, window, path)
     return problems
+
+
+class ProblemSetWarning(UserWarning):
+    """A paper window loaded a problem count other than the paper's: the numbers will not be comparable."""
+
+
+def question_ids_sha256(problems: list[Problem]) -> str:
+    """sha256 of the sorted LCB question ids joined by newlines: one string that names the exact problem set, so
+    two runs (or another tool, from its own question ids) can check they evaluated the same problems."""
+    ids = sorted(p.id.split("/", 1)[1] if p.id.startswith("lcb/") else p.id for p in problems)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def check_window_count(problems: list[Problem], window: str, where) -> bool:
+    """Warn (a ProblemSetWarning and a line on stderr) when a paper window does not hold the paper's count: a
+    different LCB release or a partial download changes the problem set silently. True when the count matches."""
+    w = LCB_WINDOWS[window]
+    if len(problems) == w.expected:
+        return True
+    msg = (f"{where}: LiveCodeBench window {window} ({w.start} … {w.end}) holds {len(problems)} problems, but the "
+           f"paper's {window} has {w.expected}; pass@k will not be comparable with the paper's (check the release "
+           f"and the test*.jsonl files; question-id sha256 {question_ids_sha256(problems)[:16]}…)")
+    warnings.warn(msg, ProblemSetWarning, stacklevel=3)
+    print(f"WARNING: {msg}", file=sys.stderr)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,8 +2,10 @@
 seed_sft parquet, plain JSONL; decontamination; HumanEval from the installed package."""
 
 import base64
+import hashlib
 import json
 import pickle
+import warnings
 import zlib
 
 import pyarrow as pa
@@ -49,11 +51,65 @@ def test_livecodebench_rows_windows_and_private_tests(lcb_dir):
     assert a2.difficulty == "hard" and a2.kind == "stdin" and a2.contest_date == "2025-03-10"
     b1 = allp[2]
     assert b1.kind == "function" and b1.func_name == "add" and b1.tests[0].testtype == "functional"
-    v6 = P.load_livecodebench(lcb_dir, window="v6")
+    with pytest.warns(P.ProblemSetWarning):  # 2 problems, not the paper's 131
+        v6 = P.load_livecodebench(lcb_dir, window="v6")
     assert [p.id for p in v6] == ["lcb/a2", "lcb/b1"]  # 2025-02-01 … 2025-05-31 inclusive
     assert [p.id for p in P.load_livecodebench(lcb_dir, release="release_v1")] == ["lcb/a1", "lcb/a2"]
     with pytest.raises(UserError, match="test3.jsonl: missing"):
         P.load_livecodebench(lcb_dir, release="release_v3")
+
+
+def test_paper_windows_carry_their_counts_and_v5_ends_in_february():
+    assert (P.LCB_WINDOWS["v6"].start, P.LCB_WINDOWS["v6"].end, P.LCB_WINDOWS["v6"].expected) == \
+        ("2025-02-01", "2025-05-31", 131)
+    assert (P.LCB_WINDOWS["v5"].start, P.LCB_WINDOWS["v5"].end, P.LCB_WINDOWS["v5"].expected) == \
+        ("2024-08-01", "2025-02-28", 374)  # the paper: Aug 2024 – Feb 2025
+
+
+def test_v5_window_includes_february_2025(tmp_path):
+    rows = [lcb_row(q, d, "[]") for q, d in [("jul", "2024-07-31T23:00:00"), ("aug", "2024-08-01T00:00:00"),
+                                               ("feb", "2025-02-27T00:00:00"), ("feb28", "2025-02-28T18:00:00"),
+                                               ("mar", "2025-03-01T00:00:00")]]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(P.ProblemSetWarning, match="paper's v5 has 374"):
+        v5 = P.load_livecodebench(tmp_path, window="v5")
+    assert [p.id for p in v5] == ["lcb/aug", "lcb/feb", "lcb/feb28"]
+
+
+def test_a_paper_window_with_the_wrong_count_warns_loudly(lcb_dir, capsys, monkeypatch):
+    with pytest.warns(P.ProblemSetWarning, match=r"window v6 .* holds 2 problems, but the paper's v6 has 131"):
+        P.load_livecodebench(lcb_dir, window="v6")
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: ") and "the paper's v6 has 131" in err
+    monkeypatch.setitem(P.LCB_WINDOWS, "v6", P.LcbWindow("2025-02-01", "2025-05-31", 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right count: silence
+        assert len(P.load_livecodebench(lcb_dir, window="v6")) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_question_id_hash_names_the_set_not_its_order(lcb_dir):
+    probs = P.load_livecodebench(lcb_dir)
+    want = hashlib.sha256("a1\na2\nb1\nb2".encode()).hexdigest()
+    assert P.question_ids_sha256(probs) == P.question_ids_sha256(probs[::-1]) == want
+    assert P.question_ids_sha256(probs[:3]) != want
+
+
+def test_lcb_loads_report_count_window_and_hash(lcb_dir):
+    from ssd_jax.config import ProblemSource
+    from ssd_jax.sampling.stage import describe_problem_set, load_problems
+
+    with pytest.warns(P.ProblemSetWarning):
+        probs, rep = load_problems(ProblemSource(kind="lcb", path=str(lcb_dir), window="v6", limit=1))
+    assert (rep["problems"], rep["loaded"], rep["expected_problems"], rep["window"]) == (1, 2, 131, "v6")
+    assert (rep["start_date"], rep["end_date"]) == ("2025-02-01", "2025-05-31")
+    assert rep["question_ids_sha256"] == hashlib.sha256(b"a2").hexdigest()
+    line = describe_problem_set(rep)
+    assert "window v6 loaded 2 problems, WARNING: the paper's v6 has 131; 1 used" in line
+    assert rep["question_ids_sha256"] in line
+    _, rep = load_problems(ProblemSource(kind="lcb", path=str(lcb_dir)))
+    assert rep["expected_problems"] is None and "loaded 4 problems; release all files" in describe_problem_set(rep)
+    assert describe_problem_set({"kind": "humaneval", "problems": 164}) is None
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):
