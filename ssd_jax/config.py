@@ -128,7 +128,10 @@ class ProblemSource:
     kind: Literal["rstar", "lcb", "humaneval", "jsonl"] = "jsonl"
     path: str = ""  # file or folder; empty for humaneval (the installed package)
     passed_only: bool = True  # rstar: keep rows with is_passed == True
-    dedup: Literal["question_id", "statement", "both", "none"] = "question_id"  # rstar
+    # rstar. question_id: the community route to the paper's ~10,168 (with passed_only); statement: the paper's rule,
+    # exact after whitespace normalisation; statement_casefold: also ignores case; both: question_id then statement;
+    # none: every row, as ml-ssd's generator (a repeated question_id gets its own problem id, rstar/<id>~2, …).
+    dedup: Literal["question_id", "statement", "statement_casefold", "both", "none"] = "question_id"
     release: str | None = None  # lcb: release_v1 … release_v6 (which test*.jsonl files)
     window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows; a count other than its 374 / 131 warns)
     start_date: str | None = None  # lcb, inclusive ISO dates

@@ -71,9 +71,15 @@ class Problem:
         return cls(**{**obj, "source": obj.get("source", "jsonl"), "tests": tests})
 
 
+def normalize_whitespace(text: str) -> str:
+    """Runs of whitespace → one space, ends stripped: the paper's exact de-duplication compares these (C.1)."""
+    return " ".join(text.split())
+
+
 def normalize_statement(text: str) -> str:
-    """Whitespace-normalised, case-folded statement: what the paper's exact de-duplication compares."""
-    return " ".join(text.split()).casefold()
+    """Whitespace-normalised and case-folded: a looser key than the paper's, for `statement_casefold` de-dup and for
+    decontamination (where catching more is the point)."""
+    return normalize_whitespace(text).casefold()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -120,6 +126,7 @@ class PoolReport:
     dedup_question_id_dropped: int = 0
     dedup_statement_dropped: int = 0
     empty_dropped: int = 0
+    duplicate_ids_renamed: int = 0  # kept rows whose question_id an earlier kept row has (ids get "~2", "~3", …)
     decontaminated: int = 0
     kept: int = 0
 
@@ -151,17 +158,31 @@ def _read_rows(path: str | os.PathLike, columns: list[str]) -> list[dict]:
     return rows
 
 
+DEDUP_MODES = ("question_id", "statement", "statement_casefold", "both", "none")
+
+
+def _statement_key(dedup: str):
+    """The statement key a de-dup mode compares, or None when it compares no statements."""
+    if dedup in ("statement", "both"):
+        return normalize_whitespace  # the paper's exact rule
+    return normalize_statement if dedup == "statement_casefold" else None
+
+
 def load_rstar_seed_sft(path: str | os.PathLike, *, passed_only: bool = True, dedup: str = "question_id",
                         limit: int = 0) -> tuple[list[Problem], PoolReport]:
-    """rStar-Coder `seed_sft` rows (parquet or JSONL, a file or a folder) → unique problems.
+    """rStar-Coder `seed_sft` rows (parquet or JSONL, a file or a folder) → problems with unique ids.
 
-    `dedup`: question_id | statement | both | none. With `passed_only` (rows with is_passed == True) and
-    question_id de-dup the public split reproduces the paper's ~10,168 problems; statement-only gives > 30,000."""
-    if dedup not in ("question_id", "statement", "both", "none"):
-        raise UserError(f"dedup={dedup!r}: expected question_id, statement, both or none")
+    `dedup`: question_id | statement (the paper's: exact after whitespace normalisation) | statement_casefold |
+    both (question_id, then statement) | none (ml-ssd's generator: every row). With `passed_only` (is_passed == True)
+    and question_id de-dup the public split reproduces the paper's ~10,168 problems; statement-only gives > 30,000.
+    A question_id kept twice (`none`, or one id with two statements) becomes `rstar/<id>~2`, `~3`, … in row order,
+    so every sample has its own (problem id, index) key and a resumed run finds each once."""
+    if dedup not in DEDUP_MODES:
+        raise UserError(f"dedup={dedup!r}: expected one of {', '.join(DEDUP_MODES)}")
     rows = _read_rows(path, ["question_id", "question", "starter_code", "is_passed"])
     rep = PoolReport(rows=len(rows))
-    seen_id, seen_text = set(), set()
+    key = _statement_key(dedup)
+    seen_id, seen_text, uses = set(), set(), {}
     problems = []
     for n, r in enumerate(rows):
         if passed_only and r.get("is_passed") is not True:
@@ -177,16 +198,20 @@ def load_rstar_seed_sft(path: str | os.PathLike, *, passed_only: bool = True, de
                 rep.dedup_question_id_dropped += 1
                 continue
             seen_id.add(qid)
-        if dedup in ("statement", "both"):
-            key = normalize_statement(q)
-            if key in seen_text:
+        if key is not None:
+            text = key(q)
+            if text in seen_text:
                 rep.dedup_statement_dropped += 1
                 continue
-            seen_text.add(key)
-        problems.append(Problem(id=f"rstar/{qid}", source="rstar", question=q, starter_code=r.get("starter_code") or ""))
+            seen_text.add(text)
+        uses[qid] = uses.get(qid, 0) + 1
+        rep.duplicate_ids_renamed += uses[qid] > 1
+        pid = f"rstar/{qid}" if uses[qid] == 1 else f"rstar/{qid}~{uses[qid]}"
+        problems.append(Problem(id=pid, source="rstar", question=q, starter_code=r.get("starter_code") or ""))
         if limit and len(problems) >= limit:
             break
     rep.kept = len(problems)
+    _check_unique(problems, path)
     return problems, rep
 
 

@@ -150,10 +150,40 @@ def test_rstar_seed_sft_filters_and_dedup(tmp_path):
         (6, 1, 1, 1, 3)
     assert probs[2].kind == "function" and probs[0].kind == "stdin"
     probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="both")
-    assert [p.id for p in probs] == ["rstar/q1", "rstar/q3", "rstar/q5"]
-    assert rep.dedup_statement_dropped == 1 and rep.dedup_question_id_dropped == 1
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q3", "rstar/q5"]  # q2 differs in case: kept
+    assert rep.dedup_statement_dropped == 0 and rep.dedup_question_id_dropped == 1
+
+
+def test_rstar_statement_dedup_is_exact_or_casefolded(tmp_path):
+    rows = [
+        {"question_id": "a", "question": "Sum  of\nA and B", "is_passed": True},
+        {"question_id": "b", "question": " Sum of A\tand B\n", "is_passed": True},  # whitespace only: a duplicate
+        {"question_id": "c", "question": "sum of a and b", "is_passed": True},  # case only: not for the paper
+        {"question_id": "d", "question": "Sum of A and C", "is_passed": True},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-0.parquet")
+    probs, rep = P.load_rstar_seed_sft(tmp_path, dedup="statement")
+    assert [p.id for p in probs] == ["rstar/a", "rstar/c", "rstar/d"] and rep.dedup_statement_dropped == 1
+    probs, rep = P.load_rstar_seed_sft(tmp_path, dedup="statement_casefold")
+    assert [p.id for p in probs] == ["rstar/a", "rstar/d"] and rep.dedup_statement_dropped == 2
+    with pytest.raises(UserError, match="dedup='text': expected one of question_id, statement, statement_casefold"):
+        P.load_rstar_seed_sft(tmp_path, dedup="text")
+
+
+def test_rstar_dedup_none_keeps_every_row_under_distinct_ids(tmp_path):
+    rows = [{"question_id": "q1", "question": "Sum of A and B", "is_passed": True},
+            {"question_id": "q2", "question": "Reverse a list", "is_passed": True},
+            {"question_id": "q1", "question": "Sum of A and B", "is_passed": False},
+            {"question_id": "q1", "question": "Sum of A and B (again)", "is_passed": True}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-0.parquet")
+    probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="none")
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q1~2", "rstar/q1~3"]
+    assert rep.duplicate_ids_renamed == 2 and rep.kept == 4
+    again, _ = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="none")
+    assert [p.id for p in again] == [p.id for p in probs]  # the same ids on every load: resume finds its samples
+    # one id with two different statements under statement de-dup gets the same treatment
     probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="statement")
-    assert len(probs) == 3 and rep.dedup_statement_dropped == 2
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q1~2"] and rep.duplicate_ids_renamed == 1
 
 
 def test_decontamination(tmp_path):
