@@ -146,6 +146,9 @@ class PromptSpec:
     mode: Literal["chat", "raw"] = "chat"
     template: Literal["train", "eval"] = "train"
     system: str | None = "default"  # "default" = prompts.DEFAULT_SYSTEM; null = no system message
+    # raw mode, train template: end the stdin prompt with the newline ml-ssd's .j2 file has (its generator sends it);
+    # false = the stripped text. SFT records and chat turns always hold the stripped prompt, as ml-ssd's JSONL.
+    raw_stdin_newline: bool = True
 
 
 @dataclass

@@ -92,7 +92,7 @@ def resolve_decode(spec: DecodeSpec) -> Truncation:
 
 def prompt_config(spec: PromptSpec) -> PromptConfig:
     system = DEFAULT_SYSTEM if spec.system == "default" else spec.system
-    return PromptConfig(mode=spec.mode, template=spec.template, system=system)
+    return PromptConfig(mode=spec.mode, template=spec.template, system=system, raw_stdin_newline=spec.raw_stdin_newline)
 
 
 def request_id(problem_id: str, sample_idx: int) -> int:
