@@ -86,6 +86,9 @@ class OptimConfig:
     peak_lr: float = 5e-6
     floor_lr: float = 1e-6
     warmup_steps: int = 250
+    # linear: update 1 at peak/W, peak at update W; megatron: Megatron-LM's scheduler (the paper's trainer), update 1
+    # at lr 0, peak at update W+1 (one update behind linear; see train/optim.py).
+    warmup: Literal["linear", "megatron"] = "linear"
     total_steps: int = 2500
     b1: float = 0.9
     b2: float = 0.95
