@@ -160,7 +160,8 @@ def cmd_run(args) -> int:
         o = r.get("overall", {})
         print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
                                                if k.startswith("pass@") and "ci" not in k)
-              + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})"))
+              + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})")
+              + (f"  after {r['passes']['passes']:.2f} passes over the data" if r.get("passes") else ""))
     print(f"run folder: {res['run']}")
     return 0
 

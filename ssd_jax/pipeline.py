@@ -28,6 +28,7 @@ from pathlib import Path
 from ssd_jax import __version__, distributed
 from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
+from ssd_jax.data.sft import describe_passes
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
 from ssd_jax.io_utils import atomic_write_text
@@ -258,7 +259,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         if not man.done(st):
             man.set(st, "running")
             summary = stages.train(tcfg)
-            man.set(st, "done", final=summary["final"], export=summary["export"])
+            man.set(st, "done", final=summary["final"], export=summary["export"], passes=summary.get("passes"))
         export = str(rd / "train" / "export")
         if cfg.select.protocol != "final":
             st = f"round-{r}/select"
@@ -280,7 +281,9 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
             doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
             man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"))
         step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
-        results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
+        passes = man.doc["stages"][f"round-{r}/train"].get("passes")
+        results["rounds"].append({"round": r, "model": export, "checkpoint": step, "passes": passes,
+                                  **man.doc["stages"][st]})
         if cfg.analysis.enabled:
             analyze_round(cfg, root, rd, export, man, stages)
     if distributed.is_writer():
@@ -341,6 +344,8 @@ def write_report(root: Path, manifest: dict) -> None:
         if tr.get("status") == "done" and tr.get("final"):
             lines.append(f"- train: {tr['final']['step']} steps, final loss {tr['final']['loss']:.4f} "
                          f"([metrics](round-{r}/train/metrics.jsonl))")
+        if tr.get("passes"):
+            lines.append(f"- {describe_passes(tr['passes'])}")
         if an.get("status") == "done":
             lk, fk = an["locks"], an["forks"]
             lines += [f"- fork/lock ([page](round-{r}/analysis/forklock.html)): {an['positions']} positions of "
