@@ -31,6 +31,7 @@ from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.data.sft import describe_passes
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
+from ssd_jax.evaluation.metrics import check_ks
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import PRESETS
 from ssd_jax.sampling.stage import run_sample
@@ -206,6 +207,10 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
+    check_ks(cfg.eval.ks, cfg.eval.decode.n, "eval.ks", "eval.decode.n")  # before hours of sampling, not after
+    if cfg.eval_base:
+        key = "base_eval_decode.n" if cfg.base_eval_decode is not None else "eval.decode.n"
+        check_ks(cfg.eval.ks, base_eval_decode(cfg).n, "eval.ks", key)
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
     stages = Stages(separate_processes(cfg))

@@ -93,6 +93,37 @@ def test_lcb_eval_prints_and_records_the_problem_set(tmp_path, lcb, capsys):
     assert (rec["problems"], rec["expected_problems"], rec["question_ids_sha256"]) == (2, 131, sha)
 
 
+def test_a_k_above_the_samples_per_problem_is_refused_not_dropped(tmp_path, lcb, capsys):
+    capsys.readouterr()
+    # Before sampling: decode.n cannot give pass@5 (no model is loaded; the error comes first).
+    assert main(["eval", "--set", "decode.n=2", "--set", "ks=[1,5]", "--set", f"out_dir={tmp_path / 'a'}",
+                 "--set", "model.path=/nonexistent", "--set", "problems.limit=2"]) == 2
+    assert "ks: pass@5 needs at least 5 samples per problem, but decode.n is 2" in capsys.readouterr().err
+    # Grade-only: a problem with fewer samples than k is named; no metrics.json that lacks the pass@k asked for.
+    samples = tmp_path / "s.jsonl"
+    _write(samples, [{"problem_id": "lcb/e1", "sample_idx": i, "response": RIGHT} for i in range(2)]
+           + [{"problem_id": "lcb/h1", "sample_idx": 0, "response": RIGHT}])
+    out = tmp_path / "b"
+    assert main(["eval", "--grade-only", "--samples", str(samples), "--set", "problems.kind=lcb", "--set",
+                 f"problems.path={lcb}", "--set", f"out_dir={out}", "--set", "progress=false", "--set",
+                 "ks=[1,2]"]) == 2
+    assert "pass@2: problem 'lcb/h1' has only 1 graded samples" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+
+
+def test_run_refuses_a_k_the_evaluations_cannot_reach():
+    from ssd_jax.config import RunConfig, from_dict
+    from ssd_jax.errors import ConfigError
+    from ssd_jax.pipeline import run_pipeline
+
+    cfg = from_dict(RunConfig, {"eval": {"decode": {"n": 4}, "ks": [1, 5]}})
+    with pytest.raises(ConfigError, match="eval.ks: pass@5 .* but eval.decode.n is 4"):
+        run_pipeline(cfg)
+    cfg = from_dict(RunConfig, {"eval": {"decode": {"n": 10}, "ks": [1, 5]}, "base_eval_decode": {"n": 1}})
+    with pytest.raises(ConfigError, match="eval.ks: pass@5 .* but base_eval_decode.n is 1"):
+        run_pipeline(cfg)
+
+
 def test_bad_inputs_exit_2(tmp_path, lcb, capsys):
     samples = tmp_path / "s.jsonl"
     base = ["eval", "--grade-only", "--samples", str(samples), "--set", "problems.kind=lcb", "--set",
