@@ -235,7 +235,11 @@ class FilterConfig:
 
     preset: str | None = None
     drop_empty: bool = True
-    drop_single_line_stub: bool = True  # paper: a one-line response is a stub
+    drop_single_line_stub: bool = True  # paper: drop single-line stubs (which ones: stub_rule)
+    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline = no newline at
+    # all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one non-blank line
+    # < 80 chars without a ``` fence (the MLX port of ml-ssd).
+    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] = "no_newline"
     shortest_fraction: float = 0.0  # ml-ssd: drop the shortest 10% of responses by characters
     trl_min_chars: int = 0  # TRL SSDTrainer: drop responses without a newline and shorter than this (10)
     syntax: bool = False  # tree-sitter parse of the extracted code block must succeed
