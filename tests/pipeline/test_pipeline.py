@@ -118,7 +118,7 @@ def test_stages_in_their_own_processes(setup):
     assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "rounds=1",
                  "--set", "stage_processes=always"]) == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 5
+    assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 6  # … and round-1/analyze
     assert stages["round-1/train"]["passes"]["rows_trained"] == 4  # read back from the child's train_summary.json
     for f in ("base-eval.yaml", "round-1/sample.yaml", "round-1/train.yaml", "round-1/eval.yaml",
               "round-1/train/export/config.json", "round-1/eval/metrics.json"):
