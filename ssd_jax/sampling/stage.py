@@ -44,6 +44,8 @@ def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
         ref = Path(src.decontaminate_against)
         eval_set = P.load_livecodebench(ref) if ref.is_dir() or "test" in ref.name else P.load_jsonl(ref)
         probs, report["decontaminated"] = P.decontaminate(probs, eval_set)
+        report["decontaminated_against"] = {"path": str(ref), "problems": len(eval_set),
+                                            "question_ids_sha256": P.question_ids_sha256(eval_set)}
     loaded = len(probs)
     probs = probs[src.skip :]
     if src.limit:

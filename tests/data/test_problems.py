@@ -110,6 +110,11 @@ def test_lcb_loads_report_count_window_and_hash(lcb_dir):
     _, rep = load_problems(ProblemSource(kind="lcb", path=str(lcb_dir)))
     assert rep["expected_problems"] is None and "loaded 4 problems; release all files" in describe_problem_set(rep)
     assert describe_problem_set({"kind": "humaneval", "problems": 164}) is None
+    pool = lcb_dir / "pool.jsonl"  # not a test*.jsonl: the LCB loader ignores it
+    pool.write_text(json.dumps({"id": "x", "question": "Count vowels."}) + "\n")
+    _, rep = load_problems(ProblemSource(kind="jsonl", path=str(pool), decontaminate_against=str(lcb_dir)))
+    assert rep["decontaminated_against"] == {"path": str(lcb_dir), "problems": 4, "question_ids_sha256":
+                                             hashlib.sha256(b"a1\na2\nb1\nb2").hexdigest()}
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):
