@@ -117,11 +117,15 @@ def cmd_filter(args) -> int:
 def cmd_eval(args) -> int:
     from ssd_jax.config import EvalConfig, load_config
     from ssd_jax.eval_run import run_eval
+    from ssd_jax.sampling.stage import describe_problem_set
 
     cfg = load_config(EvalConfig, args.config, args.set or [])
     if args.grade_only and not args.samples:
         raise UserError("--grade-only needs --samples FILE")
     doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None)
+    problem_set = describe_problem_set(doc.get("problems") or {})
+    if problem_set:
+        print(problem_set)
     overall = doc["metrics"]["overall"]
     ks = ", ".join(f"{k} {v:.2%}" for k, v in overall.items() if k.startswith("pass@") and not k.endswith("ci95"))
     print(f"{doc['metrics']['n_problems']} problems × {doc['n_samples_per_problem']}: {ks} → {cfg.out_dir}/metrics.json")
@@ -156,7 +160,8 @@ def cmd_run(args) -> int:
         o = r.get("overall", {})
         print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
                                                if k.startswith("pass@") and "ci" not in k)
-              + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})"))
+              + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})")
+              + (f"  after {r['passes']['passes']:.2f} passes over the data" if r.get("passes") else ""))
     from ssd_jax.memory import format_peaks
 
     if res.get("memory"):

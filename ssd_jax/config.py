@@ -86,6 +86,9 @@ class OptimConfig:
     peak_lr: float = 5e-6
     floor_lr: float = 1e-6
     warmup_steps: int = 250
+    # linear: update 1 at peak/W, peak at update W; megatron: Megatron-LM's scheduler (the paper's trainer), update 1
+    # at lr 0, peak at update W+1 (one update behind linear; see train/optim.py).
+    warmup: Literal["linear", "megatron"] = "linear"
     total_steps: int = 2500
     b1: float = 0.9
     b2: float = 0.95
@@ -128,9 +131,12 @@ class ProblemSource:
     kind: Literal["rstar", "lcb", "humaneval", "jsonl"] = "jsonl"
     path: str = ""  # file or folder; empty for humaneval (the installed package)
     passed_only: bool = True  # rstar: keep rows with is_passed == True
-    dedup: Literal["question_id", "statement", "both", "none"] = "question_id"  # rstar
+    # rstar. question_id: the community route to the paper's ~10,168 (with passed_only); statement: the paper's rule,
+    # exact after whitespace normalisation; statement_casefold: also ignores case; both: question_id then statement;
+    # none: every row, as ml-ssd's generator (a repeated question_id gets its own problem id, rstar/<id>~2, …).
+    dedup: Literal["question_id", "statement", "statement_casefold", "both", "none"] = "question_id"
     release: str | None = None  # lcb: release_v1 … release_v6 (which test*.jsonl files)
-    window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows)
+    window: str | None = None  # lcb: v5 | v6 (the paper's contest-date windows; a count other than its 374 / 131 warns)
     start_date: str | None = None  # lcb, inclusive ISO dates
     end_date: str | None = None
     skip: int = 0  # drop the first N problems (with limit: a slice, e.g. a held-out split)
@@ -143,6 +149,9 @@ class PromptSpec:
     mode: Literal["chat", "raw"] = "chat"
     template: Literal["train", "eval"] = "train"
     system: str | None = "default"  # "default" = prompts.DEFAULT_SYSTEM; null = no system message
+    # raw mode, train template: end the stdin prompt with the newline ml-ssd's .j2 file has (its generator sends it);
+    # false = the stripped text. SFT records and chat turns always hold the stripped prompt, as ml-ssd's JSONL.
+    raw_stdin_newline: bool = True
 
 
 @dataclass
@@ -250,7 +259,11 @@ class FilterConfig:
 
     preset: str | None = None
     drop_empty: bool = True
-    drop_single_line_stub: bool = True  # paper: a one-line response is a stub
+    drop_single_line_stub: bool = True  # paper: drop single-line stubs (which ones: stub_rule)
+    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline = no newline at
+    # all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one non-blank line
+    # < 80 chars without a ``` fence (the MLX port of ml-ssd).
+    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] = "no_newline"
     shortest_fraction: float = 0.0  # ml-ssd: drop the shortest 10% of responses by characters
     trl_min_chars: int = 0  # TRL SSDTrainer: drop responses without a newline and shorter than this (10)
     syntax: bool = False  # tree-sitter parse of the extracted code block must succeed

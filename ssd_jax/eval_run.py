@@ -122,6 +122,7 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
     problems = {p.id: p for p in problem_list}
     check_isolation(cfg.grader.isolation)  # before hours of sampling: refuse now if no sandbox can run here
     if samples_file is None:
+        M.check_ks(cfg.ks, cfg.decode.n)
         samples_path = out / "samples.jsonl"
         run_sample(sample_config(cfg, samples_path), problem_list, report)
         where = str(samples_path)
@@ -157,9 +158,7 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
     write_lcb_output(samples, out / "lcb_output.json", cfg.grader.resolved_extraction())
     graded = grade_samples(samples, problems, out / "graded.jsonl", cfg)
     groups = {pid: {"difficulty": p.difficulty, "platform": p.platform} for pid, p in problems.items()}
-    ks = [k for k in cfg.ks if k <= min(sum(1 for s in samples if s["problem_id"] == pid)
-                                        for pid in {s["problem_id"] for s in samples})]
-    m = M.compute_metrics(graded, groups, ks=ks, n_boot=cfg.bootstrap)
+    m = M.compute_metrics(graded, groups, ks=cfg.ks, n_boot=cfg.bootstrap)  # a k above some problem's n: refused
     trunc = resolve_decode(cfg.decode)
     decode = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
               "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}

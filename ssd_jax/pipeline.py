@@ -30,6 +30,7 @@ from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
 from ssd_jax.data.filters import run_filter, with_preset
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
+from ssd_jax.evaluation.metrics import check_ks
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import PRESETS
@@ -219,6 +220,10 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
     check_isolation(cfg.eval.grader.isolation)  # every round ends in grading: refuse before sampling/training
+    check_ks(cfg.eval.ks, cfg.eval.decode.n, "eval.ks", "eval.decode.n")  # before hours of sampling, not after
+    if cfg.eval_base:
+        key = "base_eval_decode.n" if cfg.base_eval_decode is not None else "eval.decode.n"
+        check_ks(cfg.eval.ks, base_eval_decode(cfg).n, "eval.ks", key)
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
     stages = Stages(separate_processes(cfg))
@@ -239,7 +244,8 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
         doc = stages.eval(ev)
-        man.set("base-eval", "done", overall=doc["metrics"]["overall"], memory=stages.memory)
+        man.set("base-eval", "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
+                memory=stages.memory)
         results["base"] = doc["metrics"]["overall"]
 
     current = cfg.model
@@ -275,7 +281,8 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         if not man.done(st):
             man.set(st, "running")
             summary = stages.train(tcfg)
-            man.set(st, "done", final=summary["final"], export=summary["export"], memory=stages.memory)
+            man.set(st, "done", final=summary["final"], export=summary["export"], passes=summary.get("passes"),
+                    memory=stages.memory)
         export = str(rd / "train" / "export")
         if cfg.select.protocol != "final":
             st = f"round-{r}/select"
@@ -295,9 +302,12 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         if not man.done(st):
             man.set(st, "running", model=export)
             doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
-            man.set(st, "done", overall=doc["metrics"]["overall"], memory=stages.memory)
+            man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
+                    memory=stages.memory)
         step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
-        results["rounds"].append({"round": r, "model": export, "checkpoint": step, **man.doc["stages"][st]})
+        passes = man.doc["stages"][f"round-{r}/train"].get("passes")
+        results["rounds"].append({"round": r, "model": export, "checkpoint": step, "passes": passes,
+                                  **man.doc["stages"][st]})
         if cfg.analysis.enabled:
             analyze_round(cfg, root, rd, export, man, stages)
     results["memory"] = {k: v["memory"] for k, v in man.doc["stages"].items() if "memory" in v}

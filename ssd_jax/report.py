@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ssd_jax.data.sft import describe_passes
 from ssd_jax.io_utils import atomic_write_text
 
 
@@ -49,6 +50,8 @@ def _round_lines(r: int, stages: dict) -> list[str]:
     if tr.get("status") == "done" and tr.get("final"):
         lines.append(f"- train: {tr['final']['step']} steps, final loss {tr['final']['loss']:.4f} "
                      f"([metrics](round-{r}/train/metrics.jsonl))")
+    if tr.get("passes"):
+        lines.append(f"- {describe_passes(tr['passes'])}")
     if an.get("status") == "done":
         lk, fk = an["locks"], an["forks"]
         lines += [f"- fork/lock ([page](round-{r}/analysis/forklock.html)): {an['positions']} positions of "

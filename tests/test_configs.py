@@ -24,6 +24,12 @@ def test_paper_instruct_recipe():
     assert (cfg.global_batch, cfg.data.seq_len, cfg.checkpoint_every) == (32, 65536, 250)
 
 
+@pytest.mark.parametrize("name", ["paper-instruct", "paper-thinking"])
+def test_paper_train_configs_warm_up_as_megatron(name):
+    assert load_config(TrainConfig, CONFIGS / "train" / f"{name}.yaml").optim.warmup == "megatron"
+    assert TrainConfig().optim.warmup == "linear"  # the library default stays as it was
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The paper's run configs, one per seed model: checked against the paper's tables typed in here again.
 
@@ -81,6 +87,8 @@ def test_paper_run_config(name):
     o, t = cfg.train.optim, cfg.train
     assert (o.peak_lr, o.floor_lr, o.b1, o.b2, o.weight_decay) == (5e-6, 1e-6, 0.9, 0.95, 0.1)
     assert (o.warmup_steps, o.total_steps, t.checkpoint_every) == ((50, 300, 50) if thinking else (250, 2500, 250))
+    assert o.warmup == "megatron"  # the paper's trainer, Megatron-LM: update 1 at lr 0
+    assert t.data.packing and "# choice: packing." in (CONFIGS / f"{name}.yaml").read_text()  # stated, with passes
     assert (t.global_batch, t.data.seq_len, t.moe_aux_loss_coef) == (32, 65536, 0.0)
     # The architecture plans from the shipped config.json (no weights): the published size.
     mcfg = hf.model_config(CONFIGS / "hf" / hub.split("/")[1])

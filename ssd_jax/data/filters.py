@@ -1,7 +1,11 @@
 """Step two of SSD: drop degenerate samples. Each rule is a switch and every drop is counted with its reason.
 
 The sources disagree (FACTS §1.2), so each reading is a preset:
-- `paper`: drop empty responses and single-line stubs (a response whose stripped text has no newline).
+- `paper`: drop empty responses and single-line stubs. The paper never defines a stub, so `stub_rule` picks one
+  of the three readings in circulation (each on the stripped response):
+    no_newline  no newline at all (the broadest: a correct one-line program is a stub too; the default)
+    trl_10      no newline and fewer than 10 characters (TRL's SSDTrainer)
+    mlx_80      one non-blank line, shorter than 80 characters, no ``` fence anywhere (the MLX port of ml-ssd)
 - `released` (ml-ssd `generate.py`): drop empty responses, then those shorter than the 10th-percentile length in
   characters (the cut-off is computed over the non-empty responses; ties at the cut-off are kept).
 - `trl` (TRL's SSDTrainer): drop empty responses and those with no newline and fewer than 10 characters.
@@ -24,7 +28,8 @@ from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
 
 PRESETS: dict[str, dict] = {
-    "paper": dict(drop_empty=True, drop_single_line_stub=True, shortest_fraction=0.0, trl_min_chars=0),
+    "paper": dict(drop_empty=True, drop_single_line_stub=True, stub_rule="no_newline", shortest_fraction=0.0,
+                  trl_min_chars=0),
     "released": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.10, trl_min_chars=0),
     "trl": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.0, trl_min_chars=10),
 }
@@ -40,6 +45,22 @@ def with_preset(cfg: FilterConfig, explicit: set[str] = frozenset()) -> FilterCo
     return replace(cfg, **{k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit})
 
 
+STUB_RULES = ("no_newline", "trl_10", "mlx_80")
+
+
+def is_stub(text: str, rule: str) -> bool:
+    """Whether a response is a single-line stub under one reading (see the module docstring)."""
+    t = text.strip()
+    if rule == "no_newline":
+        return "\n" not in t
+    if rule == "trl_10":
+        return "\n" not in t and len(t) < 10
+    if rule == "mlx_80":
+        lines = [line.strip() for line in t.splitlines() if line.strip()]
+        return len(lines) == 1 and len(lines[0]) < 80 and "```" not in t
+    raise ConfigError(f"stub_rule={rule!r}: expected one of {', '.join(STUB_RULES)}")
+
+
 def _text(sample: dict, strip: bool) -> str:
     r = sample.get("response") or ""
     return r.strip() if strip else r
@@ -50,6 +71,8 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
     the reason."""
     if not 0.0 <= cfg.shortest_fraction < 1.0:
         raise ConfigError(f"shortest_fraction={cfg.shortest_fraction}: expected 0 <= x < 1")
+    if cfg.stub_rule not in STUB_RULES:
+        raise ConfigError(f"stub_rule={cfg.stub_rule!r}: expected one of {', '.join(STUB_RULES)}")
     min_len = 0
     if cfg.shortest_fraction > 0:
         lengths = sorted(len(t) for t in (_text(s, True) for s in samples) if t)
@@ -63,7 +86,7 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
         reason = None
         if cfg.drop_empty and not text.strip():
             reason = "empty"
-        elif cfg.drop_single_line_stub and "\n" not in text.strip():
+        elif cfg.drop_single_line_stub and is_stub(text, cfg.stub_rule):
             reason = "single_line_stub"
         elif cfg.trl_min_chars and "\n" not in text and len(text) < cfg.trl_min_chars:
             reason = "trl_short"
@@ -85,6 +108,7 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
     kept = sum(v["kept"] for v in out)
     stats = {"total": len(samples), "kept": kept, "dropped": sum(counts.values()), "by_reason": counts,
              "shortest_fraction_min_chars": min_len, "rules": asdict(cfg),
+             "stub_rule": cfg.stub_rule if cfg.drop_single_line_stub else None,
              "syntax_parser": cfg.syntax_parser if cfg.syntax else None}
     return out, stats
 

@@ -14,6 +14,8 @@ import io
 import json
 import os
 import pickle
+import sys
+import warnings
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -72,9 +74,15 @@ class Problem:
         return cls(**{**obj, "source": obj.get("source", "jsonl"), "tests": tests})
 
 
+def normalize_whitespace(text: str) -> str:
+    """Runs of whitespace → one space, ends stripped: the paper's exact de-duplication compares these (C.1)."""
+    return " ".join(text.split())
+
+
 def normalize_statement(text: str) -> str:
-    """Whitespace-normalised, case-folded statement: what the paper's exact de-duplication compares."""
-    return " ".join(text.split()).casefold()
+    """Whitespace-normalised and case-folded: a looser key than the paper's, for `statement_casefold` de-dup and for
+    decontamination (where catching more is the point)."""
+    return normalize_whitespace(text).casefold()
 
 
 def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
@@ -121,6 +129,7 @@ class PoolReport:
     dedup_question_id_dropped: int = 0
     dedup_statement_dropped: int = 0
     empty_dropped: int = 0
+    duplicate_ids_renamed: int = 0  # kept rows whose question_id an earlier kept row has (ids get "~2", "~3", …)
     decontaminated: int = 0
     kept: int = 0
 
@@ -152,17 +161,31 @@ def _read_rows(path: str | os.PathLike, columns: list[str]) -> list[dict]:
     return rows
 
 
+DEDUP_MODES = ("question_id", "statement", "statement_casefold", "both", "none")
+
+
+def _statement_key(dedup: str):
+    """The statement key a de-dup mode compares, or None when it compares no statements."""
+    if dedup in ("statement", "both"):
+        return normalize_whitespace  # the paper's exact rule
+    return normalize_statement if dedup == "statement_casefold" else None
+
+
 def load_rstar_seed_sft(path: str | os.PathLike, *, passed_only: bool = True, dedup: str = "question_id",
                         limit: int = 0) -> tuple[list[Problem], PoolReport]:
-    """rStar-Coder `seed_sft` rows (parquet or JSONL, a file or a folder) → unique problems.
+    """rStar-Coder `seed_sft` rows (parquet or JSONL, a file or a folder) → problems with unique ids.
 
-    `dedup`: question_id | statement | both | none. With `passed_only` (rows with is_passed == True) and
-    question_id de-dup the public split reproduces the paper's ~10,168 problems; statement-only gives > 30,000."""
-    if dedup not in ("question_id", "statement", "both", "none"):
-        raise UserError(f"dedup={dedup!r}: expected question_id, statement, both or none")
+    `dedup`: question_id | statement (the paper's: exact after whitespace normalisation) | statement_casefold |
+    both (question_id, then statement) | none (ml-ssd's generator: every row). With `passed_only` (is_passed == True)
+    and question_id de-dup the public split reproduces the paper's ~10,168 problems; statement-only gives > 30,000.
+    A question_id kept twice (`none`, or one id with two statements) becomes `rstar/<id>~2`, `~3`, … in row order,
+    so every sample has its own (problem id, index) key and a resumed run finds each once."""
+    if dedup not in DEDUP_MODES:
+        raise UserError(f"dedup={dedup!r}: expected one of {', '.join(DEDUP_MODES)}")
     rows = _read_rows(path, ["question_id", "question", "starter_code", "is_passed"])
     rep = PoolReport(rows=len(rows))
-    seen_id, seen_text = set(), set()
+    key = _statement_key(dedup)
+    seen_id, seen_text, uses = set(), set(), {}
     problems = []
     for n, r in enumerate(rows):
         if passed_only and r.get("is_passed") is not True:
@@ -178,16 +201,20 @@ def load_rstar_seed_sft(path: str | os.PathLike, *, passed_only: bool = True, de
                 rep.dedup_question_id_dropped += 1
                 continue
             seen_id.add(qid)
-        if dedup in ("statement", "both"):
-            key = normalize_statement(q)
-            if key in seen_text:
+        if key is not None:
+            text = key(q)
+            if text in seen_text:
                 rep.dedup_statement_dropped += 1
                 continue
-            seen_text.add(key)
-        problems.append(Problem(id=f"rstar/{qid}", source="rstar", question=q, starter_code=r.get("starter_code") or ""))
+            seen_text.add(text)
+        uses[qid] = uses.get(qid, 0) + 1
+        rep.duplicate_ids_renamed += uses[qid] > 1
+        pid = f"rstar/{qid}" if uses[qid] == 1 else f"rstar/{qid}~{uses[qid]}"
+        problems.append(Problem(id=pid, source="rstar", question=q, starter_code=r.get("starter_code") or ""))
         if limit and len(problems) >= limit:
             break
     rep.kept = len(problems)
+    _check_unique(problems, path)
     return problems, rep
 
 
@@ -216,8 +243,18 @@ def decontaminate(pool: list[Problem], eval_set: list[Problem], ngram: int = 13)
 # LiveCodeBench
 # ---------------------------------------------------------------------------------------------------------------
 
-# Paper's windows (FACTS §5): v6 = contests 2025-02..2025-05 (131 problems), v5 = 2024-08..2025-02 (374).
-LCB_WINDOWS = {"v6": ("2025-02-01", "2025-05-31"), "v5": ("2024-08-01", "2025-01-31")}
+
+@dataclass(frozen=True)
+class LcbWindow:
+    """A paper window: inclusive ISO contest dates and the problem count the paper reports for it."""
+
+    start: str
+    end: str
+    expected: int
+
+
+# The paper's windows (App. C.1, FACTS §5): v6 = contests Feb–May 2025, 131 problems; v5 = Aug 2024–Feb 2025, 374.
+LCB_WINDOWS = {"v6": LcbWindow("2025-02-01", "2025-05-31", 131), "v5": LcbWindow("2024-08-01", "2025-02-28", 374)}
 LCB_RELEASE_FILES = {f"release_v{i}": ["test.jsonl"] + [f"test{j}.jsonl" for j in range(2, i + 1)] for i in range(1, 7)}
 
 
@@ -262,7 +299,7 @@ def load_livecodebench(path: str | os.PathLike, *, release: str | None = None, w
     if window:
         if window not in LCB_WINDOWS:
             raise UserError(f"window {window!r}: expected one of {', '.join(LCB_WINDOWS)}")
-        start_date, end_date = LCB_WINDOWS[window]
+        start_date, end_date = LCB_WINDOWS[window].start, LCB_WINDOWS[window].end
     problems = []
     for f in files:
         for i, row in read_jsonl(f):
@@ -287,7 +324,34 @@ def load_livecodebench(path: str | os.PathLike, *, release: str | None = None, w
                 starter_code=row.get("starter_code") or "", func_name=meta.get("func_name"),
                 difficulty=row.get("difficulty"), platform=row.get("platform"), contest_date=date, tests=tests))
     _check_unique(problems, path)
+    if window:
+        check_window_count(problems, window, path)
     return problems
+
+
+class ProblemSetWarning(UserWarning):
+    """A paper window loaded a problem count other than the paper's: the numbers will not be comparable."""
+
+
+def question_ids_sha256(problems: list[Problem]) -> str:
+    """sha256 of the sorted LCB question ids joined by newlines: one string that names the exact problem set, so
+    two runs (or another tool, from its own question ids) can check they evaluated the same problems."""
+    ids = sorted(p.id.split("/", 1)[1] if p.id.startswith("lcb/") else p.id for p in problems)
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+
+
+def check_window_count(problems: list[Problem], window: str, where) -> bool:
+    """Warn (a ProblemSetWarning and a line on stderr) when a paper window does not hold the paper's count: a
+    different LCB release or a partial download changes the problem set silently. True when the count matches."""
+    w = LCB_WINDOWS[window]
+    if len(problems) == w.expected:
+        return True
+    msg = (f"{where}: LiveCodeBench window {window} ({w.start} … {w.end}) holds {len(problems)} problems, but the "
+           f"paper's {window} has {w.expected}; pass@k will not be comparable with the paper's (check the release "
+           f"and the test*.jsonl files; question-id sha256 {question_ids_sha256(problems)[:16]}…)")
+    warnings.warn(msg, ProblemSetWarning, stacklevel=3)
+    print(f"WARNING: {msg}", file=sys.stderr)
+    return False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,6 +29,10 @@ TRAIN_STDIN = _HEAD + (
     "inputs, runs the algorithm and writes output to STDOUT.\n\nThe final solution should be formatted as:\n"
     "```python\n# YOUR CODE HERE\n```"
 )
+# ml-ssd's stdin .j2 file ends with a newline after the closing fence (its function template does not). Its raw
+# generation prompt keeps it; its SFT JSONL strips the prompt. TRAIN_STDIN is the stripped text (what SFT records and
+# chat turns hold); raw generation adds this back unless `raw_stdin_newline` is off.
+J2_STDIN_TAIL = "\n"
 TRAIN_FUNCTION = _HEAD + (
     "You will use the following starter code to write the solution to the problem and enclose your code within "
     "delimiters.\n```python\n{starter_code}\n```"
@@ -57,6 +61,7 @@ class PromptConfig:
     mode: str = "chat"  # chat | raw
     template: str = "train"  # train | eval (the two LiveCodeBench-style variants of ml-ssd)
     system: str | None = DEFAULT_SYSTEM  # chat mode only; null = no system message
+    raw_stdin_newline: bool = True  # raw mode: the train stdin prompt ends in the .j2 file's "\n", as ml-ssd sends it
 
 
 def problem_text(problem: Problem, template: str = "train", mode: str = "chat") -> str:
@@ -78,12 +83,20 @@ def messages(problem: Problem, cfg: PromptConfig) -> list[dict]:
     return [user]
 
 
+def raw_text(problem: Problem, cfg: PromptConfig) -> str:
+    """The raw-mode prompt string: the user turn, plus the trailing newline of ml-ssd's stdin .j2 file for a train
+    stdin prompt (byte-identical to what its generator sends)."""
+    text = problem_text(problem, cfg.template, "raw")
+    j2_stdin = cfg.template == "train" and problem.source != "humaneval" and problem.kind == "stdin"
+    return text + J2_STDIN_TAIL if j2_stdin and cfg.raw_stdin_newline else text
+
+
 def render(problem: Problem, cfg: PromptConfig, tokenizer) -> tuple[str, list[int]]:
     """(prompt string, prompt token ids) exactly as the sampler feeds them to the model."""
-    msgs = messages(problem, cfg)
     if cfg.mode == "raw":
-        text = msgs[-1]["content"]
+        text = raw_text(problem, cfg)
         return text, list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    msgs = messages(problem, cfg)
     if not getattr(tokenizer, "chat_template", None):
         from ssd_jax.errors import UserError
 

@@ -161,6 +161,31 @@ def batches_dataset(examples: list[dict], cfg: SFTDataConfig, batch_rows: int,
     return rows_dataset(examples, cfg, epochs).batch(batch_rows, drop_remainder=True)
 
 
+def rows_per_epoch(examples: list[dict], cfg: SFTDataConfig) -> int:
+    """Rows one pass over the examples fills: the trainer's own best-fit packer run over one epoch, or one row per
+    example without packing."""
+    if not cfg.packing:
+        return len(examples)
+    return sum(1 for _ in rows_dataset(examples, cfg, epochs=1))
+
+
+def data_passes(examples: list[dict], cfg: SFTDataConfig, global_batch: int, total_steps: int) -> dict:
+    """How many passes over the data `total_steps` optimizer steps of `global_batch` rows make. With packing a row
+    holds many examples, so the paper's "global batch 32" read as packed rows means many more passes than read as
+    32 sequences (the paper does not say which); this number makes the choice visible."""
+    rows = rows_per_epoch(examples, cfg)
+    trained = global_batch * total_steps
+    return {"packing": cfg.packing, "seq_len": cfg.seq_len, "examples": len(examples), "rows_per_pass": rows,
+            "examples_per_row": len(examples) / rows, "rows_trained": trained, "passes": trained / rows}
+
+
+def describe_passes(p: dict) -> str:
+    """One line for the logs: examples → rows per pass, rows trained → passes."""
+    per_row = f"{p['examples_per_row']:.1f} examples per packed row" if p["packing"] else "one example per row"
+    return (f"data: {p['examples']:,} examples fill {p['rows_per_pass']:,} rows of {p['seq_len']:,} tokens per pass "
+            f"({per_row}); {p['rows_trained']:,} rows trained = {p['passes']:.2f} passes over the data")
+
+
 def packing_efficiency(examples: list[dict], cfg: SFTDataConfig) -> float:
     """Fraction of non-padding slots over one epoch of rows (the last, partly filled bins included)."""
     real = total = 0

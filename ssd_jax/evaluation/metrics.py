@@ -14,7 +14,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
-from ssd_jax.errors import UserError
+from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
 
 ERROR_KINDS = {0: "passed", -2: "WA", -3: "TLE", -4: "RE", -5: "runner_error"}
@@ -33,6 +33,15 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     for i in range(n - c + 1, n + 1):
         prod *= 1.0 - k / i
     return 1.0 - prod
+
+
+def check_ks(ks: Sequence[int], n: int, where: str = "ks", n_key: str = "decode.n") -> None:
+    """Refuse, before any sampling, a pass@k that `n` samples per problem cannot estimate (LCB's runner silently
+    drops such a k; a report missing a number it was asked for is worse than an error)."""
+    for k in ks:
+        if not 1 <= k <= n:
+            raise ConfigError(f"{where}: pass@{k} needs at least {k} samples per problem, but {n_key} is {n} "
+                              f"(expected every k in 1..{n}; lower the k or raise {n_key})")
 
 
 def counts_by_problem(results: Iterable[Mapping[str, Any]]) -> dict[str, tuple[int, int]]:

@@ -45,11 +45,40 @@ def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
         ref = Path(src.decontaminate_against)
         eval_set = P.load_livecodebench(ref) if ref.is_dir() or "test" in ref.name else P.load_jsonl(ref)
         probs, report["decontaminated"] = P.decontaminate(probs, eval_set)
+        report["decontaminated_against"] = {"path": str(ref), "problems": len(eval_set),
+                                            "question_ids_sha256": P.question_ids_sha256(eval_set)}
+    loaded = len(probs)
     probs = probs[src.skip :]
     if src.limit:
         probs = probs[: src.limit]
     report["problems"] = len(probs)
+    if src.kind == "lcb":
+        report.update(lcb_identity(src, loaded, probs))
     return probs, report
+
+
+def lcb_identity(src: ProblemSource, loaded: int, probs: list[P.Problem]) -> dict:
+    """What names an LCB problem set in the manifests and metrics: the window, the count it loaded (and the paper's
+    count for a paper window), and the sha256 of the sorted question ids of the problems used (after skip/limit)."""
+    window = P.LCB_WINDOWS.get(src.window) if src.window else None
+    return {"release": src.release, "window": src.window, "start_date": window.start if window else src.start_date,
+            "end_date": window.end if window else src.end_date, "loaded": loaded,
+            "expected_problems": window.expected if window else None,
+            "question_ids_sha256": P.question_ids_sha256(probs)}
+
+
+def describe_problem_set(report: dict) -> str | None:
+    """One line naming an LCB problem set (count, window, id hash), for the CLI; None for other sources."""
+    if report.get("kind") != "lcb":
+        return None
+    window = f"window {report['window']}" if report.get("window") else "dates {} … {}".format(
+        report.get("start_date") or "start", report.get("end_date") or "end")
+    expected, loaded = report.get("expected_problems"), report.get("loaded", report["problems"])
+    check = "" if expected is None else (" = the paper's count" if loaded == expected
+                                         else f", WARNING: the paper's {report['window']} has {expected}")
+    used = "" if report["problems"] == loaded else f"; {report['problems']} used (skip/limit)"
+    return (f"LiveCodeBench problem set: {window} loaded {loaded} problems{check}{used}; release "
+            f"{report.get('release') or 'all files present'}; question-id sha256 {report['question_ids_sha256']}")
 
 
 def resolve_decode(spec: DecodeSpec) -> Truncation:
@@ -66,7 +95,7 @@ def resolve_decode(spec: DecodeSpec) -> Truncation:
 
 def prompt_config(spec: PromptSpec) -> PromptConfig:
     system = DEFAULT_SYSTEM if spec.system == "default" else spec.system
-    return PromptConfig(mode=spec.mode, template=spec.template, system=system)
+    return PromptConfig(mode=spec.mode, template=spec.template, system=system, raw_stdin_newline=spec.raw_stdin_newline)
 
 
 def request_id(problem_id: str, sample_idx: int) -> int:

@@ -119,8 +119,10 @@ def train(cfg: TrainConfig) -> dict:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
     records = sft.read_sft_jsonl(cfg.data.train_file)
     examples, stats = sft.tokenize_dataset(records, tokenizer, cfg.data)
+    passes = sft.data_passes(examples, cfg.data, cfg.global_batch, cfg.optim.total_steps)
     if writer:
-        atomic_write_text(out / "data_stats.json", json.dumps(stats.to_dict(), indent=2) + "\n")
+        atomic_write_text(out / "data_stats.json", json.dumps({**stats.to_dict(), "passes": passes}, indent=2) + "\n")
+        print(sft.describe_passes(passes), flush=True)
 
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
@@ -190,7 +192,7 @@ def train(cfg: TrainConfig) -> dict:
     if not (export / "config.json").exists():
         hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir)
     summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
-               "data": stats.to_dict(), "accumulation": accum, "devices": jax.device_count(),
+               "data": stats.to_dict(), "passes": passes, "accumulation": accum, "devices": jax.device_count(),
                "mesh": dict(mesh.shape), "memory": process_peak()}
     if writer:
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")

@@ -1,8 +1,12 @@
 """optax AdamW with linear warm-up + cosine decay to a floor, global-norm clipping, and a decay mask.
 
 The schedule is defined once, here, as a formula on the number of updates already applied (`step`, 0-based):
-  warm-up (step < W):  lr = peak · (step + 1) / W          (the first update already moves; peak at step W-1)
+  warm-up (step < W), `warmup: linear`:    lr = peak · (step + 1) / W   (the first update already moves; peak at W-1)
+  warm-up (step < W), `warmup: megatron`:  lr = peak · step / W         (update 1 at lr 0; peak at step W)
   cosine  (step ≥ W):  lr = floor + (peak − floor) · ½ (1 + cos(π · min(1, (step − W) / (total − W))))
+`megatron` is Megatron-LM's OptimizerParamScheduler (the paper trained with Megatron-LM): it sets the lr for
+num_steps = 0 at construction (init_lr, 0 by default) and steps after each update, so update u runs at
+lr(u − 1) = peak · (u − 1) / W. `linear` is one update ahead of it.
 `lr_at` (plain Python, used by the PyTorch reference in the tests) and `lr_schedule` (JAX) are the same formula.
 """
 
@@ -15,24 +19,33 @@ import jax.numpy as jnp
 import optax
 
 from ssd_jax.config import OptimConfig
+from ssd_jax.errors import ConfigError
 
 NO_DECAY_SUFFIXES = ("scale", "_bias")  # RMSNorm weights and biases
+
+
+def _warmup_offset(cfg: OptimConfig) -> float:
+    """Updates already counted at step 0: 1 for `linear` (the first update moves), 0 for `megatron` (it does not)."""
+    if cfg.warmup not in ("linear", "megatron"):
+        raise ConfigError(f"optim.warmup={cfg.warmup!r}: expected linear or megatron")
+    return 1.0 if cfg.warmup == "linear" else 0.0
 
 
 def lr_at(cfg: OptimConfig, step: int) -> float:
     w, total = cfg.warmup_steps, cfg.total_steps
     if step < w:
-        return cfg.peak_lr * (step + 1) / w
+        return cfg.peak_lr * (step + _warmup_offset(cfg)) / w
     progress = min(1.0, (step - w) / max(total - w, 1))
     return cfg.floor_lr + (cfg.peak_lr - cfg.floor_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def lr_schedule(cfg: OptimConfig):
     w, total = cfg.warmup_steps, cfg.total_steps
+    offset = _warmup_offset(cfg)
 
     def schedule(step):
         s = jnp.asarray(step, jnp.float32)
-        warm = cfg.peak_lr * (s + 1.0) / max(w, 1)
+        warm = cfg.peak_lr * (s + offset) / max(w, 1)
         progress = jnp.clip((s - w) / max(total - w, 1), 0.0, 1.0)
         cos = cfg.floor_lr + (cfg.peak_lr - cfg.floor_lr) * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
         return jnp.where(s < w, warm, cos)

@@ -8,6 +8,7 @@ from ssd_jax.cli import main
 from ssd_jax.code import syntax_ok
 from ssd_jax.config import FilterConfig
 from ssd_jax.data.filters import PRESETS, filter_samples, sft_records, with_preset
+from ssd_jax.errors import ConfigError
 
 GOOD = "Here you go:\n```python\ndef f(x):\n    return x + 1\n```"
 
@@ -27,6 +28,38 @@ def test_paper_rules_empty_and_single_line_stub():
                          **PRESETS["paper"])
     assert got == ["empty", "empty", "single_line_stub", "single_line_stub", None]
     assert stats["kept"] == 1 and stats["by_reason"]["empty"] == 2 and stats["by_reason"]["single_line_stub"] == 2
+
+
+ONE_LINER = "print(sum(map(int, input().split())))"  # a correct one-line program, 38 characters
+LONG_LINE = "x = [i * i for i in range(10)]; print(sum(x), max(x), min(x), len(x), sorted(x)[::-1], x[3:7])"
+STUB_CASES = [  # response, and whether no_newline / trl_10 / mlx_80 call it a stub
+    ("pass", (True, True, True)),
+    ("ok\n\n  ", (True, True, True)),  # stripped first
+    (ONE_LINER, (True, False, True)),
+    ("```python print(1)```", (True, False, False)),  # a fence: not a stub for the MLX port
+    (LONG_LINE, (True, False, False)),  # 80+ characters
+    ("a\n\nb", (False, False, False)),
+    (GOOD, (False, False, False)),
+]
+
+
+@pytest.mark.parametrize("rule", ["no_newline", "trl_10", "mlx_80"])
+def test_stub_rules_are_the_three_readings(rule):
+    j = ["no_newline", "trl_10", "mlx_80"].index(rule)
+    assert len(LONG_LINE) >= 80
+    got, stats = reasons([s(i, r) for i, (r, _) in enumerate(STUB_CASES)], **{**PRESETS["paper"], "stub_rule": rule})
+    assert got == ["single_line_stub" if want[j] else None for _, want in STUB_CASES]
+    assert stats["stub_rule"] == rule and stats["rules"]["stub_rule"] == rule
+
+
+def test_paper_preset_keeps_the_no_newline_reading():
+    assert FilterConfig().stub_rule == "no_newline" and PRESETS["paper"]["stub_rule"] == "no_newline"
+    cfg = with_preset(FilterConfig(preset="paper", stub_rule="mlx_80"), {"stub_rule"})
+    assert cfg.stub_rule == "mlx_80" and cfg.drop_single_line_stub  # an explicit rule beats the preset's
+    _, stats = reasons([s(0, GOOD)], **PRESETS["released"])
+    assert stats["stub_rule"] is None  # no stub rule ran
+    with pytest.raises(ConfigError, match="stub_rule='short': expected one of no_newline, trl_10, mlx_80"):
+        reasons([s(0, GOOD)], stub_rule="short")
 
 
 def test_released_shortest_ten_percent():
@@ -91,7 +124,10 @@ def test_filter_cli_writes_three_files_and_rejects_bad_input(tmp_path, capsys):
     assert main(["filter", "--samples", str(samples), "--out", str(out), "--preset", "paper"]) == 0
     assert len(out.read_text().splitlines()) == 1
     stats = json.loads((tmp_path / "filter_stats.json").read_text())
-    assert stats["by_reason"]["empty"] == 1 and stats["kept"] == 1
+    assert stats["by_reason"]["empty"] == 1 and stats["kept"] == 1 and stats["stub_rule"] == "no_newline"
+    assert main(["filter", "--samples", str(samples), "--out", str(out), "--preset", "paper",
+                 "--set", "stub_rule=trl_10"]) == 0
+    assert json.loads((tmp_path / "filter_stats.json").read_text())["stub_rule"] == "trl_10"
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == 2
     samples.write_text(json.dumps(s(0, GOOD)) + "\n" + '{"problem_id": "x"}\n')
     capsys.readouterr()

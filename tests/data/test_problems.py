@@ -2,8 +2,10 @@
 seed_sft parquet, plain JSONL; decontamination; HumanEval from the installed package."""
 
 import base64
+import hashlib
 import json
 import pickle
+import warnings
 import zlib
 
 import pyarrow as pa
@@ -49,11 +51,70 @@ def test_livecodebench_rows_windows_and_private_tests(lcb_dir):
     assert a2.difficulty == "hard" and a2.kind == "stdin" and a2.contest_date == "2025-03-10"
     b1 = allp[2]
     assert b1.kind == "function" and b1.func_name == "add" and b1.tests[0].testtype == "functional"
-    v6 = P.load_livecodebench(lcb_dir, window="v6")
+    with pytest.warns(P.ProblemSetWarning):  # 2 problems, not the paper's 131
+        v6 = P.load_livecodebench(lcb_dir, window="v6")
     assert [p.id for p in v6] == ["lcb/a2", "lcb/b1"]  # 2025-02-01 … 2025-05-31 inclusive
     assert [p.id for p in P.load_livecodebench(lcb_dir, release="release_v1")] == ["lcb/a1", "lcb/a2"]
     with pytest.raises(UserError, match="test3.jsonl: missing"):
         P.load_livecodebench(lcb_dir, release="release_v3")
+
+
+def test_paper_windows_carry_their_counts_and_v5_ends_in_february():
+    assert (P.LCB_WINDOWS["v6"].start, P.LCB_WINDOWS["v6"].end, P.LCB_WINDOWS["v6"].expected) == \
+        ("2025-02-01", "2025-05-31", 131)
+    assert (P.LCB_WINDOWS["v5"].start, P.LCB_WINDOWS["v5"].end, P.LCB_WINDOWS["v5"].expected) == \
+        ("2024-08-01", "2025-02-28", 374)  # the paper: Aug 2024 – Feb 2025
+
+
+def test_v5_window_includes_february_2025(tmp_path):
+    rows = [lcb_row(q, d, "[]") for q, d in [("jul", "2024-07-31T23:00:00"), ("aug", "2024-08-01T00:00:00"),
+                                               ("feb", "2025-02-27T00:00:00"), ("feb28", "2025-02-28T18:00:00"),
+                                               ("mar", "2025-03-01T00:00:00")]]
+    (tmp_path / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.warns(P.ProblemSetWarning, match="paper's v5 has 374"):
+        v5 = P.load_livecodebench(tmp_path, window="v5")
+    assert [p.id for p in v5] == ["lcb/aug", "lcb/feb", "lcb/feb28"]
+
+
+def test_a_paper_window_with_the_wrong_count_warns_loudly(lcb_dir, capsys, monkeypatch):
+    with pytest.warns(P.ProblemSetWarning, match=r"window v6 .* holds 2 problems, but the paper's v6 has 131"):
+        P.load_livecodebench(lcb_dir, window="v6")
+    err = capsys.readouterr().err
+    assert err.startswith("WARNING: ") and "the paper's v6 has 131" in err
+    monkeypatch.setitem(P.LCB_WINDOWS, "v6", P.LcbWindow("2025-02-01", "2025-05-31", 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the right count: silence
+        assert len(P.load_livecodebench(lcb_dir, window="v6")) == 2
+    assert capsys.readouterr().err == ""
+
+
+def test_question_id_hash_names_the_set_not_its_order(lcb_dir):
+    probs = P.load_livecodebench(lcb_dir)
+    want = hashlib.sha256("a1\na2\nb1\nb2".encode()).hexdigest()
+    assert P.question_ids_sha256(probs) == P.question_ids_sha256(probs[::-1]) == want
+    assert P.question_ids_sha256(probs[:3]) != want
+
+
+def test_lcb_loads_report_count_window_and_hash(lcb_dir):
+    from ssd_jax.config import ProblemSource
+    from ssd_jax.sampling.stage import describe_problem_set, load_problems
+
+    with pytest.warns(P.ProblemSetWarning):
+        probs, rep = load_problems(ProblemSource(kind="lcb", path=str(lcb_dir), window="v6", limit=1))
+    assert (rep["problems"], rep["loaded"], rep["expected_problems"], rep["window"]) == (1, 2, 131, "v6")
+    assert (rep["start_date"], rep["end_date"]) == ("2025-02-01", "2025-05-31")
+    assert rep["question_ids_sha256"] == hashlib.sha256(b"a2").hexdigest()
+    line = describe_problem_set(rep)
+    assert "window v6 loaded 2 problems, WARNING: the paper's v6 has 131; 1 used" in line
+    assert rep["question_ids_sha256"] in line
+    _, rep = load_problems(ProblemSource(kind="lcb", path=str(lcb_dir)))
+    assert rep["expected_problems"] is None and "loaded 4 problems; release all files" in describe_problem_set(rep)
+    assert describe_problem_set({"kind": "humaneval", "problems": 164}) is None
+    pool = lcb_dir / "pool.jsonl"  # not a test*.jsonl: the LCB loader ignores it
+    pool.write_text(json.dumps({"id": "x", "question": "Count vowels."}) + "\n")
+    _, rep = load_problems(ProblemSource(kind="jsonl", path=str(pool), decontaminate_against=str(lcb_dir)))
+    assert rep["decontaminated_against"] == {"path": str(lcb_dir), "problems": 4, "question_ids_sha256":
+                                             hashlib.sha256(b"a1\na2\nb1\nb2").hexdigest()}
 
 
 def test_restricted_unpickler_refuses_code(tmp_path):
@@ -94,10 +155,40 @@ def test_rstar_seed_sft_filters_and_dedup(tmp_path):
         (6, 1, 1, 1, 3)
     assert probs[2].kind == "function" and probs[0].kind == "stdin"
     probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="both")
-    assert [p.id for p in probs] == ["rstar/q1", "rstar/q3", "rstar/q5"]
-    assert rep.dedup_statement_dropped == 1 and rep.dedup_question_id_dropped == 1
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q3", "rstar/q5"]  # q2 differs in case: kept
+    assert rep.dedup_statement_dropped == 0 and rep.dedup_question_id_dropped == 1
+
+
+def test_rstar_statement_dedup_is_exact_or_casefolded(tmp_path):
+    rows = [
+        {"question_id": "a", "question": "Sum  of\nA and B", "is_passed": True},
+        {"question_id": "b", "question": " Sum of A\tand B\n", "is_passed": True},  # whitespace only: a duplicate
+        {"question_id": "c", "question": "sum of a and b", "is_passed": True},  # case only: not for the paper
+        {"question_id": "d", "question": "Sum of A and C", "is_passed": True},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-0.parquet")
+    probs, rep = P.load_rstar_seed_sft(tmp_path, dedup="statement")
+    assert [p.id for p in probs] == ["rstar/a", "rstar/c", "rstar/d"] and rep.dedup_statement_dropped == 1
+    probs, rep = P.load_rstar_seed_sft(tmp_path, dedup="statement_casefold")
+    assert [p.id for p in probs] == ["rstar/a", "rstar/d"] and rep.dedup_statement_dropped == 2
+    with pytest.raises(UserError, match="dedup='text': expected one of question_id, statement, statement_casefold"):
+        P.load_rstar_seed_sft(tmp_path, dedup="text")
+
+
+def test_rstar_dedup_none_keeps_every_row_under_distinct_ids(tmp_path):
+    rows = [{"question_id": "q1", "question": "Sum of A and B", "is_passed": True},
+            {"question_id": "q2", "question": "Reverse a list", "is_passed": True},
+            {"question_id": "q1", "question": "Sum of A and B", "is_passed": False},
+            {"question_id": "q1", "question": "Sum of A and B (again)", "is_passed": True}]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "part-0.parquet")
+    probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="none")
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q1~2", "rstar/q1~3"]
+    assert rep.duplicate_ids_renamed == 2 and rep.kept == 4
+    again, _ = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="none")
+    assert [p.id for p in again] == [p.id for p in probs]  # the same ids on every load: resume finds its samples
+    # one id with two different statements under statement de-dup gets the same treatment
     probs, rep = P.load_rstar_seed_sft(tmp_path, passed_only=False, dedup="statement")
-    assert len(probs) == 3 and rep.dedup_statement_dropped == 2
+    assert [p.id for p in probs] == ["rstar/q1", "rstar/q2", "rstar/q1~2"] and rep.duplicate_ids_renamed == 1
 
 
 def test_decontamination(tmp_path):

@@ -52,7 +52,31 @@ def test_chat_and_raw_rendering(tmp_path):
     assert tok.decode(ids) == text
     text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="chat", system=None), tok)
     assert text.startswith("<|im_start|>user\n")
-    text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="raw"), tok)
+    text, ids = prompts.render(STDIN, prompts.PromptConfig(mode="raw", raw_stdin_newline=False), tok)
     assert text == GOLD_TRAIN_STDIN and tok.decode(ids) == GOLD_TRAIN_STDIN
     msgs = prompts.messages(STDIN, prompts.PromptConfig(mode="raw"))
     assert msgs == [{"role": "user", "content": GOLD_TRAIN_STDIN}]
+
+
+def test_raw_stdin_generation_prompt_ends_like_the_j2_file(tmp_path):
+    """ml-ssd's data_generation/templates/self_distillation_prompt_stdin.j2 ends in "```\n" and its generator sends
+    it unstripped; the function template ends in "```" (no newline); the SFT JSONL holds the stripped prompt."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny.save_tiny_tokenizer(tmp_path)))
+    raw = prompts.PromptConfig(mode="raw")
+    assert raw.raw_stdin_newline  # the released generator's bytes by default
+    text, ids = prompts.render(STDIN, raw, tok)
+    assert text == GOLD_TRAIN_STDIN + "\n" and tok.decode(ids) == text
+    assert prompts.render(FUNC, raw, tok)[0] == GOLD_TRAIN_FUNC
+    eval_raw = prompts.PromptConfig(mode="raw", template="eval")
+    assert prompts.render(STDIN, eval_raw, tok)[0] == prompts.problem_text(STDIN, "eval")  # benchmark.py's, as is
+    assert prompts.messages(STDIN, raw) == [{"role": "user", "content": GOLD_TRAIN_STDIN}]  # SFT: stripped
+    chat = prompts.render(STDIN, prompts.PromptConfig(mode="chat", system=None), tok)[0]
+    assert GOLD_TRAIN_STDIN + "<|im_end|>" in chat  # the chat turn holds the stripped prompt
+
+
+def test_prompt_spec_reaches_the_prompt_config():
+    from ssd_jax.config import PromptSpec
+    from ssd_jax.sampling.stage import prompt_config
+
+    assert prompt_config(PromptSpec(mode="raw")).raw_stdin_newline is True
+    assert prompt_config(PromptSpec(mode="raw", raw_stdin_newline=False)).raw_stdin_newline is False

@@ -6,9 +6,9 @@ from fractions import Fraction
 
 import pytest
 
-from ssd_jax.errors import UserError
-from ssd_jax.evaluation.metrics import (bootstrap_ci, compute_metrics, error_counts, pass_at_k, plot_pass_at_k,
-                                        write_metrics_json)
+from ssd_jax.errors import ConfigError, UserError
+from ssd_jax.evaluation.metrics import (bootstrap_ci, check_ks, compute_metrics, error_counts, pass_at_k,
+                                        plot_pass_at_k, write_metrics_json)
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -76,6 +76,15 @@ def test_grouped_means_are_unweighted_over_problems():
 def test_compute_metrics_refuses_k_above_n():
     with pytest.raises(UserError, match="problem 'p'"):
         compute_metrics(records("p", 3, 1), ks=(1, 5))
+
+
+def test_check_ks_refuses_a_k_above_the_samples_per_problem():
+    check_ks([1, 5], 10)
+    check_ks([1, 2], 2)
+    with pytest.raises(ConfigError, match=r"^ks: pass@5 needs at least 5 samples per problem, but decode.n is 2"):
+        check_ks([1, 5], 2)
+    with pytest.raises(ConfigError, match=r"^eval.ks: pass@0 .* base_eval_decode.n is 10"):
+        check_ks([0], 10, "eval.ks", "base_eval_decode.n")
 
 
 def test_bootstrap_is_seeded_and_sensible():

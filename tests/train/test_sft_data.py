@@ -120,3 +120,20 @@ def test_bad_jsonl_names_the_line(tmp_path, content, message):
     p.write_text(content)
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
         sft.read_sft_jsonl(p)
+
+
+def test_passes_over_the_data_count_packed_rows():
+    """global_batch counts rows: packed, each row holds several examples, so the same steps make more passes."""
+    ex = synthetic_examples(n=48)  # 4–39 tokens each
+    unpacked = sft.data_passes(ex, SFTDataConfig(seq_len=64, packing=False), global_batch=4, total_steps=24)
+    assert (unpacked["rows_per_pass"], unpacked["rows_trained"], unpacked["passes"]) == (48, 96, 2.0)
+    cfg = SFTDataConfig(seq_len=64, packing_bins=4)
+    packed = sft.data_passes(ex, cfg, global_batch=4, total_steps=24)
+    rows = sum(1 for _ in sft.rows_dataset(ex, cfg, epochs=1))  # the trainer's packer over one epoch
+    tokens = sum(len(e["inputs"]) for e in ex)
+    assert packed["rows_per_pass"] == rows and -(-tokens // 64) <= rows < 48
+    assert packed["passes"] == pytest.approx(96 / rows) and packed["passes"] > unpacked["passes"]
+    assert packed["examples_per_row"] == pytest.approx(48 / rows)
+    line = sft.describe_passes(packed)
+    assert f"48 examples fill {rows} rows of 64 tokens per pass" in line and f"= {96 / rows:.2f} passes" in line
+    assert "one example per row" in sft.describe_passes(unpacked)

@@ -107,6 +107,15 @@ def test_sigkill_then_resume_gives_the_same_losses_and_examples(setup, reference
     assert a[-1]["loss"] < a[0]["loss"] * 0.9
 
 
+def test_summary_and_data_stats_report_passes_over_the_data(reference_run):
+    summary = json.loads((reference_run / "train_summary.json").read_text())
+    passes = summary["passes"]
+    assert passes == json.loads((reference_run / "data_stats.json").read_text())["passes"]
+    assert passes["examples"] == 40 and passes["packing"] and passes["rows_trained"] == 4 * TOTAL
+    assert passes["passes"] == pytest.approx(4 * TOTAL / passes["rows_per_pass"])
+    assert 1 <= passes["rows_per_pass"] <= 40 and passes["seq_len"] == 128
+
+
 def test_resume_onto_another_mesh_shape(setup, reference_run):
     root, cfg = setup
     c = root / "C"
