@@ -51,7 +51,8 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     for name, st in stages.items():  # every stage's own peak memory: present and plausible
         mem = st["memory"]
         assert mem["scope"] in ("stage", "child process") and 0.05 < mem["peak_rss_gb"] < 24, (name, mem)
-    assert "peak memory per stage" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "peak memory per stage" in printed
     for r in (1, 2):
         for f in ("samples.jsonl", "filtered.jsonl", "verdicts.jsonl", "filter_stats.json", "train/export/config.json",
                   "eval/metrics.json", "eval/graded.jsonl", "eval/lcb_output.json"):
@@ -69,7 +70,7 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     passes = stages["round-1/train"]["passes"]
     assert passes["rows_trained"] == 2 * 2 and passes["passes"] == pytest.approx(4 / passes["rows_per_pass"])
     assert f"{passes['passes']:.2f} passes over the data" in report
-    assert f"after {passes['passes']:.2f} passes over the data" in capsys.readouterr().out
+    assert f"after {passes['passes']:.2f} passes over the data" in printed
     import re
 
     links = re.findall(r"\]\(([^)]+)\)", report)
