@@ -66,7 +66,7 @@ class ModelConfig:
     moe: MoEConfig | None = None
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # storage dtype (fp32 master weights when training)
-    remat: str = "none"  # per layer in the backward pass: none | full (recompute all) | save_dots (keep matmuls)
+    remat: str = "save_dots"  # per layer in the backward pass: none | full (recompute all) | save_dots (keep matmuls)
     # False stores every layer as a stack of one: a list of layers, L bodies to compile, but no per-step slicing of
     # stacked weights (memory-bound decoding on CPU reads each weight once per token instead of copying it first).
     scan_layers: bool = True
