@@ -2,13 +2,12 @@
 
 Why per stage: `ssd-jax run` runs several stages in one process, and a process's high-water mark (VmHWM) only ever
 grows. Linux resets it when "5" is written to /proc/self/clear_refs, so each stage starts its own count; a stage
-run as a child process is measured by its own rusage (`os.wait4`). Where neither is possible the number is the
+run as a child process is measured from its own /proc status while it runs. Where neither is possible the number is the
 process's peak so far, and `scope` says so.
 """
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from contextlib import contextmanager
@@ -81,15 +80,39 @@ def stage_peak() -> Iterator[dict]:
         mem.update(record(peak_rss_bytes(), scope, time.perf_counter() - t0, device_peak_bytes()))
 
 
-def run_child(argv: list[str]) -> tuple[int, dict]:
-    """Run a command to completion; (exit code, its own peak memory from the kernel's rusage of that child)."""
+def _vm_hwm(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def run_child(argv: list[str], poll_s: float = 0.05) -> tuple[int, dict]:
+    """Run a command to completion; (exit code, its own peak memory).
+
+    Why polling: the kernel's rusage of a child (`ru_maxrss`) folds in the parent's high-water mark at the
+    moment the child was spawned (the mm it exec'd from), so a child of a large process would report the parent's
+    size. VmHWM in /proc/<pid>/status belongs to the child's own address space after exec and only grows, so its
+    last reading before exit is the child's peak (growth in the final `poll_s` can be missed)."""
     import subprocess
 
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, record(usage.ru_maxrss * 1024, "child process", time.perf_counter() - t0)
+    peak = 0
+    while True:
+        hwm = _vm_hwm(proc.pid)
+        if hwm is not None:
+            peak = hwm  # monotonic after exec: the latest reading is the largest
+        try:
+            proc.wait(timeout=poll_s)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    return proc.returncode, record(peak, "child process", time.perf_counter() - t0)
 
 
 def format_peaks(peaks: dict[str, dict]) -> str:

@@ -26,6 +26,11 @@ def test_child_peak_is_the_childs_own():
     assert rc == 0 and mem["scope"] == "child process" and 0.4 <= mem["peak_rss_gb"] < 2.0
     rc, _ = memory.run_child([sys.executable, "-c", "raise SystemExit(3)"])
     assert rc == 3
+    # A small child of a large parent reports its own size, not the parent's (rusage would fold the parent in).
+    ballast = np.ones(1_500_000_000 // 8)
+    assert ballast.sum() > 0
+    rc, mem = memory.run_child([sys.executable, "-c", "print(1)"])
+    assert rc == 0 and mem["peak_rss_gb"] < 0.5, mem
 
 
 def test_format_peaks_lists_stages_with_memory():
