@@ -81,12 +81,10 @@ def _sample_hf(model_dir: str) -> None:
 
 
 def _sample_jax(model_dir: str) -> None:
-    import transformers
-
     from ssd_jax.models import hf
     from ssd_jax.sampling.jax_sampler import JaxSampler, SamplingParams
 
-    tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tok = hf.load_tokenizer(model_dir)  # as the sample stage loads it (no torch import)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in _prompts(tok)]
     model = hf.load(model_dir, dtype="float32")
     s = JaxSampler(model, tok, batch_size=N_PROMPTS, max_prompt_len=64, max_new_tokens=NEW_TOKENS, eos_token_ids=[])

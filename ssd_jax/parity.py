@@ -146,7 +146,7 @@ def hf_forward(hf_model, ids: np.ndarray, mask: np.ndarray):
     return out.logits.float().numpy(), [h.float().numpy() for h in out.hidden_states]
 
 
-@nnx.jit
+@nnx.jit(graph_updates=False)
 def _forward_all(model, ids, mask):
     return model(ids, positions=padded_positions(mask), segment_ids=mask, output_hidden_states=True)
 
@@ -224,9 +224,9 @@ def run_parity(hf_dir: str | os.PathLike, *, dtype: str = "float32", prompts: li
 def _maybe_tokenizer(hf_dir):
     if not any((Path(hf_dir) / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         return None
-    import transformers
+    from ssd_jax.models.hf import load_tokenizer
 
-    return transformers.AutoTokenizer.from_pretrained(str(hf_dir))
+    return load_tokenizer(hf_dir)
 
 
 def write_report(report: ParityReport, path: str | os.PathLike) -> None:

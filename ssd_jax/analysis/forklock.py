@@ -356,7 +356,6 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
     of the first `html_responses` responses, throughput)."""
     import functools
 
-    import transformers
     from flax import nnx
 
     from ssd_jax.bundled import resolve_model
@@ -373,10 +372,10 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
     if base.cfg.vocab_size != student.cfg.vocab_size:
         raise UserError(f"{student_path}: vocabulary {student.cfg.vocab_size} differs from the base model's "
                         f"{base.cfg.vocab_size} ({base_path}); the analysis compares the same tokens")
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(base_path))
+    tokenizer = hf.load_tokenizer(base_path)
     items = tokenize(read_responses(samples, cfg.max_responses), tokenizer, cfg.max_len)
 
-    forward = nnx.jit(hidden_states)
+    forward = nnx.jit(hidden_states, graph_updates=False)
     # The statistics run on one device with the LM heads gathered there (a vocabulary-sharded top-k trips an
     # XLA:CPU pass, and a block of rows is small next to the models' forward passes).
     one = jax.local_devices()[0]

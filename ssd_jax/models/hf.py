@@ -1,7 +1,7 @@
 """HF safetensors directories ⇄ NNX models.
 
-Loading streams one tensor at a time: each JAX parameter is assembled on the host from its HF tensor(s) (read
-zero-copy from a memory-mapped safetensors file), transformed, and placed straight onto its target sharding; the
+Loading streams one tensor at a time: each JAX parameter is assembled on the host from its HF tensor(s) (each read
+from its safetensors file on its own), transformed, and placed straight onto its target sharding; the
 host never holds more than one parameter. Export writes sharded safetensors + index + config + tokenizer files
 to a temporary directory and renames it into place, so a killed export leaves nothing half-written.
 
@@ -74,7 +74,11 @@ IGNORED_KEYS = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 
 
 class SafetensorsFile:
-    """One memory-mapped safetensors file; `get(name)` is a zero-copy numpy view."""
+    """One safetensors file; `get(name)` reads one tensor into a fresh array.
+
+    Read, not memory-mapped: pages of a mapped file count in the process's resident set until it is unmapped, so a
+    mapped checkpoint adds its whole size to the peak while the model is being built; a read tensor is freed as soon
+    as its slice is placed."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -87,7 +91,6 @@ class SafetensorsFile:
         self.metadata = header.pop("__metadata__", {}) or {}
         self.entries = header
         self._base = 8 + n
-        self._mm: np.memmap | None = None
 
     def keys(self) -> list[str]:
         return list(self.entries)
@@ -96,12 +99,13 @@ class SafetensorsFile:
         e = self.entries[name]
         if e["dtype"] not in ST_DTYPES:
             raise CheckpointError(f"{self.path}: tensor {name} has unsupported dtype {e['dtype']}")
-        if self._mm is None:
-            self._mm = np.memmap(self.path, dtype=np.uint8, mode="r")
         start, end = e["data_offsets"]
-        raw = self._mm[self._base + start : self._base + end]
         dtype = ST_DTYPES[e["dtype"]]
-        if raw.size != dtype.itemsize * math.prod(e["shape"]):
+        raw = np.empty(max(end - start, 0), np.uint8)
+        with open(self.path, "rb") as f:
+            f.seek(self._base + start)
+            got = f.readinto(memoryview(raw))
+        if got != raw.size or raw.size != dtype.itemsize * math.prod(e["shape"]):
             raise CheckpointError(f"{self.path}: tensor {name} is truncated (file shorter than its header says)")
         return raw.view(dtype).reshape(e["shape"])
 
@@ -278,6 +282,31 @@ def _hf_slots(cfg: ModelConfig, rule: KeyRule, groups: dict, shape: tuple[int, .
 # ----------------------------------------------------------------------------------------------------------------
 
 
+def load_tokenizer(path: str | os.PathLike):
+    """The tokenizer of an HF directory: the class its tokenizer_config.json names, as `AutoTokenizer` picks it.
+
+    Why not `AutoTokenizer` itself: in transformers 5 its module imports torch (through the model configs), 0.35 GB
+    of resident memory in every JAX stage that only needs token ids. Directories that name no class, or ship their
+    own tokenizer code, go through `AutoTokenizer` unchanged."""
+    import transformers
+
+    d = Path(path)
+    meta = {}
+    if (d / "tokenizer_config.json").exists():
+        try:
+            meta = json.loads((d / "tokenizer_config.json").read_text())
+        except ValueError as e:
+            raise CheckpointError(f"{d / 'tokenizer_config.json'}: not valid JSON ({e})") from None
+    name = meta.get("tokenizer_class") if isinstance(meta, dict) and not meta.get("auto_map") else None
+    if isinstance(name, str):
+        name = "TokenizersBackend" if name == "PythonBackend" else name
+        for candidate in (name, name.removesuffix("Fast"), name + "Fast"):
+            cls = getattr(transformers, candidate, None)
+            if isinstance(cls, type) and hasattr(cls, "from_pretrained"):
+                return cls.from_pretrained(str(d))
+    return transformers.AutoTokenizer.from_pretrained(str(d))
+
+
 def read_hf_config(path: str | os.PathLike) -> dict:
     """The raw config.json of an HF directory, with one clear error for each way it can be unusable."""
     d = Path(path)
@@ -301,23 +330,43 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     return raw
 
 
+class HFConfig:
+    """config.json's keys as attributes, over the family's transformers defaults (`HF_DEFAULTS`) and with its
+    attribute aliases (`HF_ALIASES`, transformers' `attribute_map`).
+
+    Not transformers' own config classes: importing them imports torch (0.2 GB resident in every JAX process).
+    tests/models/test_hf_config.py checks that this gives the same ModelConfig as transformers' classes."""
+
+    def __init__(self, raw: dict, family):
+        values = {**family.HF_DEFAULTS, **raw}
+        for attr, stored in family.HF_ALIASES.items():
+            if stored in raw:
+                values[attr] = raw[stored]
+        self._values = values
+
+    def __getattr__(self, key: str):
+        try:
+            return self.__dict__["_values"][key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    def to_dict(self) -> dict:
+        return dict(self._values)
+
+
 def model_config(path: str | os.PathLike, *, dtype: str = "float32", param_dtype: str | None = None,
                  **options) -> ModelConfig:
-    """Read an HF directory's config.json into a ModelConfig (defaults resolved by transformers' config class).
+    """Read an HF directory's config.json into a ModelConfig (absent keys take transformers' defaults).
 
     `param_dtype` defaults to `dtype`; `options` are ModelConfig.with_options run-time settings (remat, moe_impl…)."""
-    import transformers
-
     raw = read_hf_config(path)
     family = family_for(raw["architectures"][0])
     try:
-        hf_cfg = transformers.AutoConfig.for_model(**raw)
-    except (ValueError, TypeError, KeyError) as e:
-        raise CheckpointError(f"{Path(path) / 'config.json'}: transformers cannot read it ({e})") from None
-    try:
-        cfg = family.config_from_hf(hf_cfg)
+        cfg = family.config_from_hf(HFConfig(raw, family))
     except (AttributeError, KeyError) as e:
         raise CheckpointError(f"{Path(path) / 'config.json'}: missing key {e}") from None
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{Path(path) / 'config.json'}: a value has the wrong type ({e})") from None
     cfg = replace(cfg, hf_config=raw, source_dir=str(Path(path).resolve()))
     return cfg.with_options(dtype=dtype, param_dtype=param_dtype or dtype, **options)
 

@@ -39,12 +39,23 @@ KEY_RULES: list[tuple[str, str, str]] = [
 ]
 
 
+# transformers' LlamaConfig defaults for every key the readers below fall back on (a config.json may omit them).
+# tests/models/test_hf_config.py checks each against transformers, key by key.
+HF_DEFAULTS = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                   num_attention_heads=32, num_key_value_heads=None, head_dim=None, rms_norm_eps=1e-6,
+                   tie_word_embeddings=False, attention_bias=False, mlp_bias=False, pad_token_id=None,
+                   hidden_act="silu")
+# transformers' attribute_map: attribute → the key its config.json stores it under.
+HF_ALIASES: dict[str, str] = {}
+
+
 def base_fields(c) -> dict:
-    """Fields every family reads the same way from a transformers config object (defaults resolved by HF)."""
-    if getattr(c, "hidden_act", "silu") != "silu":
+    """Fields every family reads the same way from an HF config (`hf.HFConfig`: config.json over the family's
+    transformers defaults)."""
+    if c.hidden_act != "silu":
         raise CheckpointError(f"config.json: hidden_act={c.hidden_act!r} is not supported; expected 'silu'")
     heads = c.num_attention_heads
-    kv = getattr(c, "num_key_value_heads", None) or heads
+    kv = c.num_key_value_heads or heads
     if heads % kv:
         raise CheckpointError(f"config.json: num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}")
     raw = c.to_dict()
@@ -56,20 +67,20 @@ def base_fields(c) -> dict:
         num_layers=c.num_hidden_layers,
         num_heads=heads,
         num_kv_heads=kv,
-        head_dim=getattr(c, "head_dim", None) or c.hidden_size // heads,
+        head_dim=c.head_dim or c.hidden_size // heads,
         rms_norm_eps=float(c.rms_norm_eps),
         rope=RopeConfig.from_hf(raw),
         tie_word_embeddings=bool(c.tie_word_embeddings),
-        attention_bias=bool(getattr(c, "attention_bias", False)),
+        attention_bias=bool(c.attention_bias),
         pad_token_id=_pad_id(c),
         hf_config=raw,
     )
 
 
 def _pad_id(c) -> int | None:
-    pad = getattr(c, "pad_token_id", None)
+    pad = c.pad_token_id
     return int(pad) if isinstance(pad, int) and 0 <= pad < c.vocab_size else None
 
 
 def config_from_hf(c) -> ModelConfig:
-    return ModelConfig(**base_fields(c), mlp_bias=bool(getattr(c, "mlp_bias", False)))
+    return ModelConfig(**base_fields(c), mlp_bias=bool(c.mlp_bias))

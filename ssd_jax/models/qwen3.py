@@ -14,8 +14,14 @@ KEY_RULES = llama.KEY_RULES + [
 ]
 
 
+# transformers' Qwen3Config defaults (see llama.HF_DEFAULTS).
+HF_DEFAULTS = llama.HF_DEFAULTS | dict(vocab_size=151936, intermediate_size=22016, num_key_value_heads=32,
+                                      head_dim=128, use_sliding_window=False)
+HF_ALIASES: dict[str, str] = {}
+
+
 def check_no_sliding_window(c) -> None:
-    if getattr(c, "use_sliding_window", False):
+    if c.use_sliding_window:
         raise CheckpointError("config.json: use_sliding_window=true is not supported (Qwen3 checkpoints ship false)")
 
 

@@ -20,11 +20,20 @@ KEY_RULES = qwen3.KEY_RULES + [
 ]
 
 
+# transformers' Qwen3MoeConfig defaults (see llama.HF_DEFAULTS).
+HF_DEFAULTS = qwen3.HF_DEFAULTS | dict(hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                                      num_key_value_heads=4, head_dim=None, mlp_only_layers=[],
+                                      decoder_sparse_step=1, num_experts=128, num_experts_per_tok=8,
+                                      moe_intermediate_size=768, norm_topk_prob=False)
+# transformers 5 writes the expert count as num_local_experts (older checkpoints, e.g. Qwen's, say num_experts).
+HF_ALIASES = {"num_experts": "num_local_experts"}
+
+
 def config_from_hf(c) -> ModelConfig:
     qwen3.check_no_sliding_window(c)
     n = c.num_hidden_layers
-    skip = set(getattr(c, "mlp_only_layers", None) or [])
-    step = getattr(c, "decoder_sparse_step", 1) or 1
+    skip = set(c.mlp_only_layers or [])
+    step = c.decoder_sparse_step or 1
     sparse = tuple(i not in skip and c.num_experts > 0 and (i + 1) % step == 0 for i in range(n))
     moe = MoEConfig(
         num_experts=c.num_experts,

@@ -43,17 +43,20 @@ class Completion:
     prompt_tokens: int = 0
 
 
-@functools.partial(nnx.jit, static_argnames=("cache_len",))
+# graph_updates=False on every jitted function that only reads the model: with graph updates, nnx.jit returns every
+# parameter as an output, and XLA copies each one (a second model in memory and a full copy per call).
+@functools.partial(nnx.jit, static_argnames=("cache_len",), graph_updates=False)
 def _prefill(model, tokens, segment_ids, cache_len):
     b, p = tokens.shape
     positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
     cache = model.init_cache(b, cache_len)
-    out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache)
+    # Only the last position's logits are needed: (B, P, V) in fp32 would be the prefill's largest buffer.
+    out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache, return_hidden=True)
     next_pos = jnp.sum(segment_ids, axis=1).astype(jnp.int32)
-    return out.logits[:, -1], out.cache, next_pos
+    return model.logits(out.logits[:, -1:])[:, 0], out.cache, next_pos
 
 
-@functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,))
+@functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,), graph_updates=False)
 def _decode_chunk(model, state, params, eos_ids, chunk):
     """Run up to `chunk` steps. state = (logits, cache, pos, step, done, out_tokens, out_logprobs, n_generated).
 

@@ -224,8 +224,6 @@ def run_replicas(cfg: SampleConfig, pending: int) -> None:
 
 def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, report: dict | None = None) -> dict:
     """Sample `decode.n` completions per problem into `cfg.out`; returns the manifest (also written next to it)."""
-    import transformers
-
     trunc = resolve_decode(cfg.decode)
     pcfg = prompt_config(cfg.prompt)
     if problems is None:
@@ -233,10 +231,10 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
     if not problems:
         raise UserError(f"no problems to sample from ({cfg.problems.kind}: {cfg.problems.path or 'default'})")
     model_dir = bundled.resolve_model(cfg.model.path)
-    from ssd_jax.models.hf import read_hf_config
+    from ssd_jax.models.hf import load_tokenizer, read_hf_config
 
     read_hf_config(model_dir)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = load_tokenizer(model_dir)
     # Shares: in an n-process job (or as one of n vLLM replicas) each process samples every n-th (problem, index)
     # pair into its own part file; process 0 (or the replicas' parent) merges them into `out`.
     pairs = [(p, i) for p in problems for i in range(cfg.decode.n)]

@@ -114,9 +114,7 @@ def train(cfg: TrainConfig) -> dict:
         dump_yaml(cfg, out / "config.yaml")
 
     # Data: tokenise once (counts what was cut), then a deterministic grain stream of packed batches.
-    import transformers
-
-    tokenizer = transformers.AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer = hf.load_tokenizer(model_dir)
     records = sft.read_sft_jsonl(cfg.data.train_file)
     examples, stats = sft.tokenize_dataset(records, tokenizer, cfg.data)
     passes = sft.data_passes(examples, cfg.data, cfg.global_batch, cfg.optim.total_steps)

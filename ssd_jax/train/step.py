@@ -125,7 +125,8 @@ def make_train_step(chunk: int, mesh=None, moe_aux_loss_coef: float = 0.0):
     return step
 
 
-@functools.partial(nnx.jit, static_argnames=("chunk",))
+# graph_updates=False: the model is only read (see sampling.jax_sampler: otherwise every parameter is copied out).
+@functools.partial(nnx.jit, static_argnames=("chunk",), graph_updates=False)
 def eval_loss(model, batch: dict, chunk: int = 2048):
     """Token-weighted mean CE of one (batch, seq) batch, no update (validation, tests)."""
     s, w = loss_sums(model, batch, chunk)
