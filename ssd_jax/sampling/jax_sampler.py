@@ -11,36 +11,31 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ssd_jax.models.transformer import KVCache
 from ssd_jax.sampling.truncation import truncated_logprobs
+from ssd_jax.sampling.types import Completion, SamplingParams, collect
+
+__all__ = ["JaxSampler", "Completion", "SamplingParams", "collect"]
 
 
-@dataclass(frozen=True)
-class SamplingParams:
-    """Decode settings for one request (vLLM's names and meanings)."""
+class DecodeState(NamedTuple):
+    """What the decode loop carries from one token to the next (donated to each chunk: updated in place)."""
 
-    temperature: float = 1.0
-    top_k: int = 0  # 0 = off
-    top_p: float = 1.0  # 1.0 = off
-    max_tokens: int = 256
-    seed: int = 0
-    stop: tuple[str, ...] = ()
-    logprobs: bool = False  # return the sampled tokens' log-probs under the truncated distribution
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    text: str
-    finish_reason: str  # stop (EOS or stop string) | length | prompt_too_long
-    logprobs: list[float] | None = None
-    prompt_tokens: int = 0
+    logits: jax.Array  # (B, V) logits of the next token
+    cache: KVCache
+    pos: jax.Array  # (B,) position of the next token
+    step: jax.Array  # () tokens generated so far by the batch (the column written next)
+    done: jax.Array  # (B,) bool: row finished (EOS, its max_tokens, a stop string, or a padding row)
+    tokens: jax.Array  # (B, max_new) generated ids
+    logprobs: jax.Array  # (B, max_new) their log-probs under the truncated distribution
+    n_generated: jax.Array  # (B,) tokens generated per row
 
 
 # graph_updates=False on every jitted function that only reads the model: with graph updates, nnx.jit returns every
@@ -57,15 +52,15 @@ def _prefill(model, tokens, segment_ids, cache_len):
 
 
 @functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,), graph_updates=False)
-def _decode_chunk(model, state, params, eos_ids, chunk):
-    """Run up to `chunk` steps. state = (logits, cache, pos, step, done, out_tokens, out_logprobs, n_generated).
+def _decode_chunk(model, state: DecodeState, params, eos_ids, chunk) -> DecodeState:
+    """Run up to `chunk` steps, fewer once every row is done.
 
     The state is donated: the KV cache is updated in place instead of living twice across each call."""
     temperature, top_k, top_p, keys, max_tokens = params
 
     def cond(carry):
         i, st = carry
-        return (i < chunk) & ~jnp.all(st[4])
+        return (i < chunk) & ~jnp.all(st.done)
 
     def body(carry):
         i, (logits, cache, pos, step, done, toks, lps, n) = carry
@@ -80,21 +75,10 @@ def _decode_chunk(model, state, params, eos_ids, chunk):
         hit_eos = jnp.any(tok[:, None] == eos_ids[None, :], axis=-1)
         done = done | (active & hit_eos) | (n >= max_tokens)
         out = model(tok[:, None], positions=pos[:, None], segment_ids=jnp.ones_like(tok)[:, None], cache=cache)
-        return i + 1, (out.logits[:, -1], out.cache, pos + 1, step + 1, done, toks, lps, n)
+        return i + 1, DecodeState(out.logits[:, -1], out.cache, pos + 1, step + 1, done, toks, lps, n)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.int32(0), state))
     return state
-
-
-def collect(stream: Iterator[list[tuple[int, Completion]]], n: int, progress=None) -> list[Completion]:
-    """The completions of a sampler's stream() in prompt order (`progress(k)` after each k that finish)."""
-    results: list[Completion | None] = [None] * n
-    for finished in stream:
-        for i, c in finished:
-            results[i] = c
-        if progress is not None:
-            progress(len(finished))
-    return results  # type: ignore[return-value]
 
 
 class JaxSampler:
@@ -178,26 +162,27 @@ class JaxSampler:
         logits, cache, pos = _prefill(self.model, self._place(tokens), self._place(seg), cache_len)
         done = np.zeros(b, bool)
         done[real:] = True
-        state = (logits, cache, pos, jnp.int32(0), self._place(done),
-                 self._place(np.zeros((b, self.max_new_tokens), np.int32)),
-                 self._place(np.zeros((b, self.max_new_tokens), np.float32)), self._place(np.zeros(b, np.int32)))
+        state = DecodeState(logits, cache, pos, jnp.int32(0), self._place(done),
+                            self._place(np.zeros((b, self.max_new_tokens), np.int32)),
+                            self._place(np.zeros((b, self.max_new_tokens), np.float32)),
+                            self._place(np.zeros(b, np.int32)))
         sp = tuple(self._place(x) for x in (temperature, top_k, top_p)) + (keys, self._place(max_tokens))
         stop_hit = [False] * real
         while True:
             state = _decode_chunk(self.model, state, sp, self.eos, self.chunk)
-            done = np.asarray(state[4]).copy()
-            n_gen = np.asarray(state[7])
+            done = np.asarray(state.done).copy()
+            n_gen = np.asarray(state.n_generated)
             if any(p.stop for p in params):
-                toks = np.asarray(state[5])
+                toks = np.asarray(state.tokens)
                 for r in range(real):
                     if not done[r] and params[r].stop and self.tokenizer is not None:
                         text = self.tokenizer.decode(toks[r, : n_gen[r]], skip_special_tokens=True)
                         if any(s in text for s in params[r].stop):
                             done[r] = stop_hit[r] = True
-                state = state[:4] + (self._place(done),) + state[5:]
-            if done.all() or int(state[3]) >= self.max_new_tokens:
+                state = state._replace(done=self._place(done))
+            if done.all() or int(state.step) >= self.max_new_tokens:
                 break
-        toks, lps, n_gen = np.asarray(state[5]), np.asarray(state[6]), np.asarray(state[7])
+        toks, lps, n_gen = np.asarray(state.tokens), np.asarray(state.logprobs), np.asarray(state.n_generated)
         eos = set(np.asarray(self.eos).tolist())
         out = []
         for r in range(real):

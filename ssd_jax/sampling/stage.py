@@ -23,7 +23,7 @@ from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.memory import process_peak
 from ssd_jax.presets import preset
-from ssd_jax.sampling.jax_sampler import SamplingParams
+from ssd_jax.sampling.types import Sampler, SamplingParams
 from ssd_jax.sampling.truncation import Truncation
 
 
@@ -164,7 +164,7 @@ def merge_parts(store: SampleStore, pairs: list[tuple[str, int]], n: int) -> int
     return len(missing)
 
 
-def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: int):
+def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: int) -> Sampler:
     if cfg.backend == "vllm":
         from ssd_jax.sampling.vllm_sampler import VllmSampler
 

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterator, Sequence
 
 from ssd_jax.errors import UserError
-from ssd_jax.sampling.jax_sampler import Completion, SamplingParams, collect
+from ssd_jax.sampling.types import Completion, SamplingParams, collect
 
 CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "2", "VLLM_CPU_NUM_OF_RESERVED_CPU": "0", "VLLM_CPU_OMP_THREADS_BIND": "auto"}
 

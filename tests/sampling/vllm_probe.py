@@ -10,7 +10,7 @@ import sys
 
 def main():
     model_dir, prompts_file, out_file = sys.argv[1:4]
-    from ssd_jax.sampling.jax_sampler import SamplingParams
+    from ssd_jax.sampling.types import SamplingParams
     from ssd_jax.sampling.vllm_sampler import VllmSampler
 
     prompts = json.load(open(prompts_file))
