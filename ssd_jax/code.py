@@ -18,7 +18,6 @@ FENCE = "```"
 EXTRACTIONS: tuple[str, ...] = ("lcb", "mlssd")
 Extraction = Literal["lcb", "mlssd"]
 
-ParserName = Literal["tree-sitter", "compile", "ast"]
 PARSERS: tuple[str, ...] = ("tree-sitter", "compile", "ast")
 
 

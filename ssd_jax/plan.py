@@ -108,7 +108,7 @@ def _placed(node, mesh, params: set[str]):
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from ssd_jax.sharding import param_spec, path_str
+    from ssd_jax.sharding import param_spec
 
     flat = []
     for path, var in nnx.to_flat_state(nnx.state(node)):

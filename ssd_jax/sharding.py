@@ -106,11 +106,6 @@ def param_sharding(path: str, shape: tuple[int, ...], mesh: Mesh | None):
     return NamedSharding(mesh, param_spec(path, shape, mesh))
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    """Leading (batch) axis over the batch axes, the rest replicated."""
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
-
-
 def batch_axes(mesh: Mesh | None, size: int) -> tuple[str, ...]:
     """The batch axes that split `size` rows: in order, each kept while the product so far times its size divides
     `size` (size-1 axes skipped); rows are replicated over the rest (still correct, redundant work)."""
@@ -149,18 +144,6 @@ def path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
-def shard_model(model, mesh: Mesh):
-    """Move every parameter of an NNX model onto the mesh by the rules (in place; returns the model)."""
-    from flax import nnx
-
-    state = nnx.state(model, nnx.Param)
-    flat = [
-        (path, var.replace(jax.device_put(var.get_value(), param_sharding(path_str(path), var.get_value().shape, mesh))))
-        for path, var in nnx.to_flat_state(state)
-    ]
-    nnx.update(model, nnx.from_flat_state(flat))
-    model.mesh = mesh
-    return model
 
 
 def replicate_unplaced(node, mesh: Mesh | None):

@@ -373,8 +373,4 @@ def load_humaneval(path: str | os.PathLike | None = None) -> list[Problem]:
             for _, obj in read_jsonl(path)]
 
 
-def write_problems(problems: list[Problem], path: str | os.PathLike) -> None:
-    from ssd_jax.io_utils import atomic_write_text
-
-    atomic_write_text(path, "".join(json.dumps(p.to_json(), ensure_ascii=False) + "\n" for p in problems))
 

@@ -95,7 +95,8 @@ def error_counts(results: Iterable[Mapping[str, Any]]) -> dict[str, int]:
     return counts
 
 
-def _group_order(names: Iterable[str]) -> list[str]:
+def group_order(names: Iterable[str]) -> list[str]:
+    """Difficulties easy → medium → hard, then any other group names alphabetically."""
     names = set(names)
     known = [d for d in DIFFICULTY_ORDER if d in names]
     return known + sorted(names - set(known))
@@ -139,7 +140,7 @@ def compute_metrics(
             groups[str(problems.get(p, {}).get(key) or "unknown")].append(p)
         if set(groups) == {"unknown"}:
             continue
-        out[f"by_{key}"] = {g: summary(groups[g]) for g in _group_order(groups)}
+        out[f"by_{key}"] = {g: summary(groups[g]) for g in group_order(groups)}
     out["outcomes"] = error_counts(results)
     out["per_problem"] = {p: {"n": counts[p][0], "c": counts[p][1], **{f"pass@{k}": per[p][k] for k in ks}}
                           for p in pids}

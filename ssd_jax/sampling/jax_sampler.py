@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssd_jax.models.transformer import KVCache
+from ssd_jax.models.transformer import KVCache, padded_positions
 from ssd_jax.sampling.truncation import truncated_logprobs
 from ssd_jax.sampling.types import Completion, SamplingParams, collect
 
@@ -43,7 +43,7 @@ class DecodeState(NamedTuple):
 @functools.partial(nnx.jit, static_argnames=("cache_len",), graph_updates=False)
 def _prefill(model, tokens, segment_ids, cache_len):
     b, p = tokens.shape
-    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0).astype(jnp.int32)
+    positions = padded_positions(segment_ids)
     cache = model.init_cache(b, cache_len)
     # Only the last position's logits are needed: (B, P, V) in fp32 would be the prefill's largest buffer.
     out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache, return_hidden=True)
@@ -167,7 +167,6 @@ class JaxSampler:
                             self._place(np.zeros((b, self.max_new_tokens), np.float32)),
                             self._place(np.zeros(b, np.int32)))
         sp = tuple(self._place(x) for x in (temperature, top_k, top_p)) + (keys, self._place(max_tokens))
-        stop_hit = [False] * real
         while True:
             state = _decode_chunk(self.model, state, sp, self.eos, self.chunk)
             done = np.asarray(state.done).copy()
@@ -178,7 +177,7 @@ class JaxSampler:
                     if not done[r] and params[r].stop and self.tokenizer is not None:
                         text = self.tokenizer.decode(toks[r, : n_gen[r]], skip_special_tokens=True)
                         if any(s in text for s in params[r].stop):
-                            done[r] = stop_hit[r] = True
+                            done[r] = True
                 state = state._replace(done=self._place(done))
             if done.all() or int(state.step) >= self.max_new_tokens:
                 break

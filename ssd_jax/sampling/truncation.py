@@ -114,8 +114,3 @@ def truncated_logprobs(logits: jax.Array, temperature, top_k, top_p) -> jax.Arra
     tempered, keep = truncate(logits, temperature, top_k, top_p)
     return jax.nn.log_softmax(jnp.where(keep, tempered, -jnp.inf), axis=-1)
 
-
-def sample(key: jax.Array, logits: jax.Array, temperature, top_k, top_p) -> jax.Array:
-    """One token per row from the truncated distribution; greedy rows take the argmax. logits (B, V) → (B,)."""
-    lp = truncated_logprobs(logits, temperature, top_k, top_p)
-    return jax.random.categorical(key, lp, axis=-1).astype(jnp.int32)

@@ -85,9 +85,6 @@ class TrainCheckpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def wait(self) -> None:
-        self.manager.wait_until_finished()
-
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

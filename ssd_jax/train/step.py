@@ -22,7 +22,6 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ssd_jax.models.moe import load_balancing_loss
 from ssd_jax.sharding import constrain_batch, fit_spec, tree_shardings
 
-BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 
 
 def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None):
@@ -123,11 +122,3 @@ def make_train_step(chunk: int, mesh=None, moe_aux_loss_coef: float = 0.0):
         return metrics
 
     return step
-
-
-# graph_updates=False: the model is only read (see sampling.jax_sampler: otherwise every parameter is copied out).
-@functools.partial(nnx.jit, static_argnames=("chunk",), graph_updates=False)
-def eval_loss(model, batch: dict, chunk: int = 2048):
-    """Token-weighted mean CE of one (batch, seq) batch, no update (validation, tests)."""
-    s, w = loss_sums(model, batch, chunk)
-    return s / jnp.maximum(w, 1.0)
