@@ -22,14 +22,14 @@ from ssd_jax import distributed
 from ssd_jax.code import extract
 from ssd_jax.config import EvalConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
-from ssd_jax.data.problems import Problem, read_jsonl
+from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
 from ssd_jax.evaluation.grader import grade_record, problem_payload
 from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
-from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample
+from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample, sample_key
 
 
 def check_gradable(problems: dict[str, Problem], samples: list[dict], where: str) -> None:
@@ -45,16 +45,12 @@ def check_gradable(problems: dict[str, Problem], samples: list[dict], where: str
 
 def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: Path, cfg: EvalConfig) -> list[dict]:
     """Grade every sample not yet in `out_path` (appended as they finish); return all graded records."""
+    log = JsonlLog(out_path, sample_key, "graded record")
     done: dict[tuple[str, int], dict] = {}
-    if out_path.exists():
-        text = out_path.read_text(encoding="utf-8")
-        good = text if text.endswith("\n") else text[: text.rfind("\n") + 1]
-        if good != text:
-            atomic_write_text(out_path, good)
-        for _, rec in read_jsonl(out_path):
-            _check_same_grader(rec, cfg, out_path)
-            done[(rec["problem_id"], int(rec["sample_idx"]))] = rec
-    todo = [s for s in samples if (s["problem_id"], int(s["sample_idx"])) not in done]
+    for rec in log.records:
+        _check_same_grader(rec, cfg, out_path)
+        done[sample_key(rec)] = rec
+    todo = [s for s in samples if sample_key(s) not in done]
     g = cfg.grader
     if todo:
         pdicts = {pid: problem_payload(p) for pid, p in problems.items()}
@@ -63,23 +59,24 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
             from tqdm import tqdm
 
             progress = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="grade", unit="program")
-        with WorkerPool(max_workers=g.workers) as pool, open(out_path, "a", encoding="utf-8") as f:
+        with WorkerPool(max_workers=g.workers) as pool:
             futures = [(s, pool.submit(grade_record, pdicts[s["problem_id"]], s["response"], g.mode, g.timeout_s,
                                        g.memory_mb, g.isolation, g.resolved_extraction(), g.lcb_version))
                        for s in todo]
+            pending: list[dict] = []  # appended (and fsynced) 16 at a time
             for i, (s, fut) in enumerate(futures):
                 rec = {"problem_id": s["problem_id"], "sample_idx": int(s["sample_idx"]), **fut.result(),
                        **_grader_stamp(cfg)}
-                done[(rec["problem_id"], rec["sample_idx"])] = rec
-                f.write(json.dumps(rec) + "\n")
-                if i % 16 == 15 or i == len(futures) - 1:
-                    f.flush()
-                    os.fsync(f.fileno())
+                done[sample_key(rec)] = rec
+                pending.append(rec)
+                if len(pending) == 16 or i == len(futures) - 1:
+                    log.append(pending)
+                    pending = []
                 if progress is not None:
                     progress.update(1)
         if progress is not None:
             progress.close()
-    return [done[(s["problem_id"], int(s["sample_idx"]))] for s in samples]
+    return [done[sample_key(s)] for s in samples]
 
 
 def _grader_stamp(cfg: EvalConfig) -> dict:

@@ -1,10 +1,15 @@
-"""File writing that never leaves a half-written file: write a temp sibling, fsync, rename."""
+"""Files that survive a kill: whole files are written to a temp sibling, fsynced and renamed (`atomic_write_*`);
+append-only logs lose at most the line being written (`JsonlLog`)."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
+from collections.abc import Callable, Hashable
 from pathlib import Path
+
+from ssd_jax.errors import UserError
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -24,3 +29,50 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class JsonlLog:
+    """An append-only JSONL file of records with unique keys, the one format of every resumable stage's output.
+
+    Opening it reads every complete line; a last line without its newline was torn by a kill and is cut off
+    (with `repair`; only the file's one writer may repair). `append` writes, flushes and fsyncs before it
+    returns, so what it returned from survives a kill. A line that is not a record, or a key seen twice, is one
+    clear error naming the file and line: a resumed stage never appends to a file it does not understand."""
+
+    def __init__(self, path: str | os.PathLike, key: Callable[[dict], Hashable], what: str = "record",
+                 repair: bool = True):
+        self.path, self.key = Path(path), key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = []
+        self.done: set = set()
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        good = 0
+        for line_no, line in enumerate(data.splitlines(keepends=True), 1):
+            if not line.endswith(b"\n"):
+                break  # torn by a kill
+            try:
+                rec = json.loads(line)
+                k = key(rec)
+            except (ValueError, KeyError, TypeError):
+                raise UserError(f"{self.path}:{line_no}: not a {what}; refusing to append to it") from None
+            if k in self.done:
+                raise UserError(f"{self.path}:{line_no}: {what} {k} appears twice")
+            self.done.add(k)
+            self.records.append(rec)
+            good += len(line)
+        if good != len(data) and repair:
+            with open(self.path, "r+b") as f:
+                f.truncate(good)
+
+    def append(self, records: list[dict]) -> None:
+        if not records:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.records.extend(records)
+        self.done.update(self.key(r) for r in records)

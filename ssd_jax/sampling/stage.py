@@ -20,7 +20,7 @@ from ssd_jax.data import problems as P
 from ssd_jax.data.filters import read_samples
 from ssd_jax.data.prompts import DEFAULT_SYSTEM, PromptConfig, messages, render
 from ssd_jax.errors import ConfigError, UserError
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
 from ssd_jax.presets import preset
 from ssd_jax.sampling.types import Sampler, SamplingParams
@@ -102,44 +102,13 @@ def request_id(problem_id: str, sample_idx: int) -> int:
     return zlib.crc32(f"{problem_id}#{sample_idx}".encode()) & 0x7FFFFFFF
 
 
-class SampleStore:
-    """Append-only JSONL of samples keyed by (problem_id, sample_idx). `repair` cuts a line torn by a kill (only the
-    file's one writer may)."""
+def sample_key(rec: dict) -> tuple[str, int]:
+    return rec["problem_id"], int(rec["sample_idx"])
 
-    def __init__(self, path: str | os.PathLike, repair: bool = True):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[tuple[str, int]] = set()
-        self.records: list[dict] = []
-        good = 0
-        if self.path.exists():
-            with open(self.path, "rb") as f:
-                data = f.read()
-            for line in data.splitlines(keepends=True):
-                if not line.endswith(b"\n"):
-                    break  # torn by a kill
-                try:
-                    rec = json.loads(line)
-                    key = (rec["problem_id"], int(rec["sample_idx"]))
-                except (ValueError, KeyError, TypeError):
-                    line_no = data[:good].count(b"\n") + 1
-                    raise UserError(f"{self.path}:{line_no}: not a sample record; refusing to append to it") from None
-                if key in self.done:
-                    raise UserError(f"{self.path}: sample {key} appears twice")
-                self.done.add(key)
-                self.records.append(rec)
-                good += len(line)
-            if good != len(data) and repair:
-                with open(self.path, "r+b") as f:
-                    f.truncate(good)
 
-    def append(self, records: list[dict]) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.done.update((r["problem_id"], r["sample_idx"]) for r in records)
+def SampleStore(path: str | os.PathLike, repair: bool = True) -> JsonlLog:
+    """The samples file: a `JsonlLog` keyed by (problem_id, sample_idx)."""
+    return JsonlLog(path, sample_key, "sample record", repair=repair)
 
 
 def part_path(out: str | os.PathLike, rank: int, n: int) -> Path:
@@ -147,7 +116,7 @@ def part_path(out: str | os.PathLike, rank: int, n: int) -> Path:
     return Path(f"{out}.part-{rank:03d}-of-{n:03d}")
 
 
-def merge_parts(store: SampleStore, pairs: list[tuple[str, int]], n: int) -> int:
+def merge_parts(store: JsonlLog, pairs: list[tuple[str, int]], n: int) -> int:
     """Process 0: append every part's samples that `store` lacks, in the canonical (problem, index) order, fsync'ed,
     then delete the parts. Killed midway, a rerun appends what is still missing (parts go only after the append)."""
     parts = [part_path(store.path, r, n) for r in range(n)]
@@ -155,7 +124,7 @@ def merge_parts(store: SampleStore, pairs: list[tuple[str, int]], n: int) -> int
     for p in parts:
         if p.exists():
             for rec in SampleStore(p).records:
-                found.setdefault((rec["problem_id"], int(rec["sample_idx"])), rec)
+                found.setdefault(sample_key(rec), rec)
     missing = [found[k] for k in pairs if k in found and k not in store.done]
     if missing:
         store.append(missing)

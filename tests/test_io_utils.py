@@ -1,0 +1,49 @@
+"""JsonlLog: the resumable append-only file behind samples.jsonl and graded.jsonl."""
+
+import json
+
+import pytest
+
+from ssd_jax.errors import UserError
+from ssd_jax.io_utils import JsonlLog
+
+
+def key(r):
+    return r["id"]
+
+
+def test_append_then_reopen_keeps_every_record(tmp_path):
+    p = tmp_path / "sub" / "log.jsonl"
+    log = JsonlLog(p, key)
+    assert log.records == [] and not p.exists()
+    log.append([{"id": 1, "x": "é"}, {"id": 2}])
+    log.append([])
+    log.append([{"id": 3}])
+    assert log.done == {1, 2, 3}
+    again = JsonlLog(p, key)
+    assert [r["id"] for r in again.records] == [1, 2, 3] and again.records[0]["x"] == "é"
+
+
+@pytest.mark.parametrize("repair", [True, False])
+def test_a_line_torn_by_a_kill_is_cut_only_by_the_writer(tmp_path, repair):
+    p = tmp_path / "log.jsonl"
+    p.write_text(json.dumps({"id": 1}) + "\n" + '{"id": 2, "x": "hal')
+    log = JsonlLog(p, key, repair=repair)
+    assert log.done == {1}
+    assert p.read_text().endswith("hal") != repair
+    if repair:
+        log.append([{"id": 2}])
+        assert [r["id"] for r in JsonlLog(p, key).records] == [1, 2]
+
+
+def test_bad_line_and_duplicate_key_are_errors_with_the_line(tmp_path):
+    p = tmp_path / "log.jsonl"
+    p.write_text('{"id": 1}\nnot json\n')
+    with pytest.raises(UserError, match=r"log.jsonl:2: not a thing; refusing to append"):
+        JsonlLog(p, key, "thing")
+    p.write_text('{"id": 1}\n{"nokey": 1}\n')
+    with pytest.raises(UserError, match=r"log.jsonl:2: not a thing"):
+        JsonlLog(p, key, "thing")
+    p.write_text('{"id": 1}\n{"id": 1}\n')
+    with pytest.raises(UserError, match=r"log.jsonl:2: thing 1 appears twice"):
+        JsonlLog(p, key, "thing")
