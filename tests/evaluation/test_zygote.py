@@ -109,11 +109,12 @@ def test_fork_storm_and_setsid_daemons_leave_nothing_in_the_zygote(iso, on_zygot
 
 
 @pytest.mark.parametrize("iso", BARRIERS)
-def test_program_sees_only_itself_and_the_zygote(iso):
+def test_program_sees_only_itself_and_the_zygote_in_a_session_of_its_own(iso):
     run_on_zygote("pass", isolation=iso)
-    r = run_on_zygote("import os\nprint(os.getppid(), *(p for p in os.listdir('/proc') if p.isdigit()))",
-                      isolation=iso)
-    ppid, *visible = map(int, r.stdout.split())
+    r = run_on_zygote("import os\nprint(os.getsid(0), os.getpgrp(), os.getppid(), "
+                      "*(p for p in os.listdir('/proc') if p.isdigit()))", isolation=iso)
+    sid, pgrp, ppid, *visible = map(int, r.stdout.split())
+    assert sid == pgrp == r.pid, r.stdout  # a session and process group of its own
     assert ppid == 1 and sorted(visible) == [1, r.pid], r.stdout  # PID 1 is the zygote
 
 
@@ -257,29 +258,23 @@ def test_a_program_cannot_kill_or_read_its_zygote(iso, drop_root):
 @pytest.mark.parametrize("iso", BARRIERS)
 def test_a_program_that_limits_its_zygote_gets_it_replaced(iso, drop_root):
     """prlimit/setpriority need only the same uid: as "nobody" they are refused, else the zygote finds its own
-    limits changed after the program (or, with 4 descriptors, breaks: the program then runs again the fresh way),
-    and a new zygote, with the limits it should have, serves the next program."""
-    run_on_zygote("pass", isolation=iso, drop_root=drop_root)
-    z = the_zygote(iso, drop_root)
-    a = run_python(launch="zygote", code=src("""
-        import os, resource
-        for what, call in [("prlimit", lambda: resource.prlimit(1, resource.RLIMIT_NOFILE, (4, 4))),
-                           ("nice", lambda: os.setpriority(os.PRIO_PROCESS, 1, 19))]:
-            try:
-                call()
-                print(what, "done")
-            except OSError:
-                print(what, "refused")
-    """), isolation=iso, drop_root=drop_root)
-    if drop_root and os.geteuid() == 0:
-        assert a.stdout == "prlimit refused\nnice refused\n" and the_zygote(iso, drop_root) is z
-    else:
-        assert a.stdout == "prlimit done\nnice done\n"
-    r = run_on_zygote("import os, resource\nprint(resource.getrlimit(resource.RLIMIT_NOFILE)[0] > 4, "
-                      "os.getpriority(os.PRIO_PROCESS, 0))", isolation=iso, drop_root=drop_root)
-    assert r.stdout == f"True {os.getpriority(os.PRIO_PROCESS, 0)}\n", r
-    if "done" in a.stdout:
-        assert the_zygote(iso, drop_root) is not z and z.dead
+    limits changed after the program, and a new zygote, with the limits it should have, serves the next program
+    (a lowered hard RLIMIT_AS would otherwise make the next program's own memory limit a set-up failure)."""
+    nice = os.getpriority(os.PRIO_PROCESS, 0)
+    for attack, check, kwargs in [
+            ("resource.prlimit(1, resource.RLIMIT_AS, (1 << 30, 1 << 30))",
+             "print(resource.getrlimit(resource.RLIMIT_AS)[1] >> 20)", {"memory_mb": 2048}),
+            ("os.setpriority(os.PRIO_PROCESS, 1, 19)", "print(os.getpriority(os.PRIO_PROCESS, 0))", {})]:
+        run_on_zygote("pass", isolation=iso, drop_root=drop_root)
+        z = the_zygote(iso, drop_root)
+        a = run_on_zygote(f"import os, resource\ntry:\n    {attack}\n    print('done')\nexcept OSError:\n"
+                          "    print('refused')", isolation=iso, drop_root=drop_root)
+        if drop_root and os.geteuid() == 0:
+            assert a.stdout == "refused\n" and the_zygote(iso, drop_root) is z, a
+        elif a.stdout == "done\n":
+            assert z.dead
+        r = run_on_zygote(f"import os, resource\n{check}", isolation=iso, drop_root=drop_root, **kwargs)
+        assert r.stdout == f"{kwargs.get('memory_mb', nice)}\n", (attack, a, r)
 
 
 @pytest.mark.parametrize("iso", BARRIERS)
