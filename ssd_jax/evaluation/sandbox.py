@@ -105,7 +105,7 @@ class RunResult:
     isolation: str
     wall_s: float
     truncated: bool  # stdout or stderr went over `output_limit`
-    pid: int = 0  # the child's pid = its session and process-group id
+    pid: int = 0  # the child's pid = its session and process-group id (from a zygote: as seen inside the sandbox)
     files: dict[str, bytes] = field(default_factory=dict)  # `collect`ed files from the work dir
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ssd_jax.config import GraderSpec
+from ssd_jax.config import GraderSpec, from_dict
 from ssd_jax.errors import ConfigError
 from ssd_jax.evaluation import sandbox, zygote
 from ssd_jax.evaluation.grader import TestCase, grade
@@ -352,6 +352,9 @@ def test_a_zygote_that_cannot_start_is_a_sandbox_error(monkeypatch):
 
 def test_launch_switch_labels_and_fallbacks():
     assert GraderSpec().launch == "zygote"
+    assert from_dict(GraderSpec, {"launch": "fresh"}).launch == "fresh"
+    with pytest.raises(ConfigError, match="grader.launch"):
+        from_dict(GraderSpec, {"launch": "fork"}, "grader")
     with pytest.raises(ConfigError, match="fresh, zygote"):
         run_python("pass", launch="forkserver")
     for iso in ("bwrap", "namespaces"):
