@@ -38,6 +38,7 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 4, 24, 38
+CAP_SETGID, CAP_SETUID = 6, 7
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1  # one number on all arches
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_RO = ("sys", "sysrq-trigger", "irq", "bus")  # kernel knobs: read-only even for a namespace's root
@@ -396,7 +397,8 @@ def fail(errfd, message):
 
 
 def setup(plan):
-    """Everything before the program; in the namespace layer this returns in P2 only."""
+    """Everything before the program; in the namespace layer this returns in P2 only, with "zygote:" only in each
+    program the zygote forks (`serve`, from _zygote.py)."""
     import os
 
     if not plan["ns"]:
@@ -412,7 +414,7 @@ def setup(plan):
         libc.drop_caps()
     if plan["zygote"] is not None:  # PID 1 stays root only to make its children "nobody"
         if plan["ids"]:
-            libc.drop_caps(keep=(CAP_SETGID, CAP_SETUID))  # noqa: F821 - _zygote.py
+            libc.drop_caps(keep=(CAP_SETGID, CAP_SETUID))
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
         os.close(w)  # P0 relays our own end
         return serve(plan, libc)  # noqa: F821

@@ -32,7 +32,6 @@ a signal without a handler to a PID namespace's init from inside the namespace (
 """
 
 PR_SET_DUMPABLE_Z, PR_SET_NO_NEW_PRIVS_Z = 4, 38  # _boot.py's PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS
-CAP_SETGID, CAP_SETUID = 6, 7
 MSG_MAX = 1 << 16
 SWEEP_S = 5.0  # processes that do not die from SIGKILL within this (D state): the zygote is unhealthy
 
