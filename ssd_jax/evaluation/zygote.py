@@ -395,7 +395,7 @@ def run(layer: sb._Layer, python: str, label: str, code: str, stdin: str | bytes
         z = _zygotes.get(key)
         if z is None or not z.alive():
             if z is not None:
-                z.close()
+                _zygotes.pop(key).close()
             z = _zygotes[key] = Zygote(layer, python, label)
         try:
             return z.run(code, stdin, **kwargs)
