@@ -1,12 +1,14 @@
-"""Grader throughput, programs graded per second with 2 workers: each sandbox layer, and LiveCodeBench's official
-grader (`check_correctness`), side by side on the same programs.
+"""Grader throughput, programs graded per second with 2 workers: each sandbox layer, launched fresh (a new
+interpreter per program) and from a zygote (a fork of a preloaded fork server inside the same barrier), and
+LiveCodeBench's official grader (`check_correctness`), side by side on the same programs.
 
 Each "program" is one LiveCodeBench-style stdin solution graded in lcb_compat mode against 5 tests (one sandboxed
 process per program, as in production), plus the bare cost of one sandboxed `pass`. Our layers run in a
-`WorkerPool` (forkserver); LiveCodeBench's `check_correctness(sample, code, timeout=6)` runs as LiveCodeBench runs
-it, in a 2-process `ProcessPoolExecutor` (fork), each call starting its multiprocessing Manager and forking a child
-that runs `run_test` (no namespace, no rlimits). Everything alternates in rounds (A B C D A B C D ...) so machine
-noise hits all alike; medians are shown, and the ratios are what to read.
+`WorkerPool` (forkserver; each worker has its own zygote per layer); LiveCodeBench's `check_correctness(sample,
+code, timeout=6)` runs as LiveCodeBench runs it, in a 2-process `ProcessPoolExecutor` (fork), each call starting its
+multiprocessing Manager and forking a child that runs `run_test` (no namespace, no rlimits). Everything alternates
+in rounds (A B C D A B C D ...) so machine noise hits all alike; medians are shown, and the ratios are what to read
+(printed last: each barrier layer's zygote and fresh rate against LiveCodeBench's).
 LiveCodeBench: `pip install --no-deps nvidia-livecodebench` (module `livecodebench`; needs numpy and tqdm only).
 Usage: python benchmarks/grader_throughput.py [--programs 40] [--rounds 3] [--workers 2]
 """
@@ -38,7 +40,8 @@ for x in xs[1:]:
     best = max(best, cur)
 print(best)
 """
-LAYERS = ("unsafe-rlimits", "bwrap", "namespaces")
+LAYERS = (("unsafe-rlimits", "fresh"), ("bwrap", "fresh"), ("namespaces", "fresh"), ("bwrap", "zygote"),
+          ("namespaces", "zygote"))
 LCB = "LiveCodeBench check_correctness"
 
 
@@ -71,10 +74,12 @@ def timed(submit: Callable, n: int, check: Callable) -> float:
     return rate
 
 
-def rate(pool: WorkerPool, isolation: str, n: int) -> tuple[float, float]:
+def rate(pool: WorkerPool, layer: tuple[str, str], n: int) -> tuple[float, float]:
     ts = tests()
-    graded = timed(lambda: pool.submit(grade, PROGRAM, ts, isolation=isolation), n, lambda r: r.passed)
-    bare = timed(lambda: pool.submit(run_python, "pass", isolation=isolation), n, lambda r: r.returncode == 0)
+    iso, launch = layer
+    graded = timed(lambda: pool.submit(grade, PROGRAM, ts, isolation=iso, launch=launch), n, lambda r: r.passed)
+    bare = timed(lambda: pool.submit(run_python, "pass", isolation=iso, launch=launch), n,
+                 lambda r: r.returncode == 0)
     return graded, bare
 
 
@@ -91,17 +96,18 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
-    labels = {iso: check_isolation(iso) for iso in LAYERS}  # raises if a layer cannot run here
+    labels = {layer: check_isolation(layer[0], launch=layer[1]) for layer in LAYERS}  # raises if one cannot run
     print(machine(args.workers))
-    acc: dict[str, list[tuple[float, float]]] = {k: [] for k in (*LAYERS, LCB)}
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    acc: dict = {k: [] for k in (*LAYERS, LCB)}
     with WorkerPool(args.workers) as pool, \
             ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("fork")) as lcb_pool:
-        for iso in LAYERS:
-            rate(pool, iso, 4)  # warm the workers (and their probes)
+        for layer in LAYERS:
+            rate(pool, layer, 4)  # warm the workers (their probes, their zygotes)
         timed(lambda: lcb_pool.submit(lcb_check, PROGRAM), 4, lambda r: r == [True] * 5)
         for _ in range(args.rounds):
-            for iso in LAYERS:
-                acc[iso].append(rate(pool, iso, args.programs))
+            for layer in LAYERS:
+                acc[layer].append(rate(pool, layer, args.programs))
             lcb = timed(lambda: lcb_pool.submit(lcb_check, PROGRAM), args.programs, lambda r: r == [True] * 5)
             acc[LCB].append((lcb, 0.0))
     med = {k: tuple(sorted(v[i] for v in vals)[len(vals) // 2] for i in (0, 1)) for k, vals in acc.items()}
@@ -109,6 +115,11 @@ def main() -> None:
     for k in (*LAYERS, LCB):
         bare = f"{med[k][1]:.1f}" if k != LCB else "-"
         print(f"{labels.get(k, k):<34} {med[k][0]:>18.1f} {bare:>12} {med[k][0] / med[LCB][0]:>15.2f}x")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    for iso in ("bwrap", "namespaces"):
+        z, f = med[(iso, "zygote")][0], med[(iso, "fresh")][0]
+        print(f"ratio {iso}: zygote/LCB official {z / med[LCB][0]:.2f}x, fresh/LCB official "
+              f"{f / med[LCB][0]:.2f}x, zygote/fresh {z / f:.2f}x")
 
 
 if __name__ == "__main__":

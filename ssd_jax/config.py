@@ -222,6 +222,9 @@ class GraderSpec:
     workers: int = 2
     # auto: bubblewrap, else our own namespaces, else refuse (exit 2); unsafe-rlimits: no barrier, by name only
     isolation: Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"] = "auto"
+    # zygote: each sandboxed program is forked from a preloaded fork server inside the same barrier (labels end in
+    # "+zygote"); fresh: a new interpreter per program. unsafe-rlimits always starts a fresh one.
+    launch: Literal["zygote", "fresh"] = "zygote"
 
     def __post_init__(self) -> None:
         if self.lcb_version != "upstream" and self.mode != "lcb_compat":

@@ -61,7 +61,8 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
             progress = tqdm(total=len(samples), initial=len(samples) - len(todo), desc="grade", unit="program")
         with WorkerPool(max_workers=g.workers) as pool:
             futures = [(s, pool.submit(grade_record, pdicts[s["problem_id"]], s["response"], g.mode, g.timeout_s,
-                                       g.memory_mb, g.isolation, g.resolved_extraction(), g.lcb_version))
+                                       g.memory_mb, g.isolation, g.resolved_extraction(), g.lcb_version,
+                                       g.launch))
                        for s in todo]
             pending: list[dict] = []  # appended (and fsynced) 16 at a time
             for i, (s, fut) in enumerate(futures):
@@ -117,7 +118,8 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
     if not problem_list:
         raise UserError(f"no problems to evaluate ({cfg.problems.kind}: {cfg.problems.path or 'default'})")
     problems = {p.id: p for p in problem_list}
-    check_isolation(cfg.grader.isolation)  # before hours of sampling: refuse now if no sandbox can run here
+    # before hours of sampling: refuse now if no sandbox (or no zygote of it) can run here
+    check_isolation(cfg.grader.isolation, launch=cfg.grader.launch)
     if samples_file is None:
         M.check_ks(cfg.ks, cfg.decode.n)
         samples_path = out / "samples.jsonl"

@@ -219,7 +219,8 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
-    check_isolation(cfg.eval.grader.isolation)  # every round ends in grading: refuse before sampling/training
+    # every round ends in grading: refuse before sampling/training
+    check_isolation(cfg.eval.grader.isolation, launch=cfg.eval.grader.launch)
     check_ks(cfg.eval.ks, cfg.eval.decode.n, "eval.ks", "eval.decode.n")  # before hours of sampling, not after
     if cfg.eval_base:
         key = "base_eval_decode.n" if cfg.base_eval_decode is not None else "eval.decode.n"

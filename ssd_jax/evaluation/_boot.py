@@ -13,6 +13,10 @@ ssd_jax, and every name it defines is removed from `__main__` before the program
 - "site:PATH"          a site-packages directory for sys.path, with the path lines of its .pth files (their
                        `import` lines are not run: `site` itself costs ~35 ms per run with an editable install)
 - "marshal:"           main.py has a compiled twin, main.pyc (marshal): no compile in the child
+- "zygote:FD"          do not run a program: become the sandbox's fork server (`_zygote.py`, shipped with this
+                       source) on the socket FD, which forks each program; its children come back here to run
+                       them. With it, "setuid:" and the rlimits apply to each program, never to the zygote
+- "preload:HEX"        the zygote's modules to import once (comma-separated names, hex-encoded)
 - "ns:host|user"       the built-in namespace layer, "user" with a fresh user namespace; then
   "tmp:PATH:BYTES"     a private size-capped tmpfs (mode 1777), "hide:PATH" an empty tmpfs over PATH,
   "bind:PATH"          PATH re-exposed read-only (an interpreter directory under a hidden one), "work:PATH" the
@@ -34,6 +38,7 @@ CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT = 1, 2, 4, 8, 32
 MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC, MS_PRIVATE, MS_RELATIME = 1024, 2048, 4096, 16384, 1 << 18, 1 << 21
 PR_SET_DUMPABLE, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 4, 24, 38
+CAP_SETGID, CAP_SETUID = 6, 7
 SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 1  # one number on all arches
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_RO = ("sys", "sysrq-trigger", "irq", "bus")  # kernel knobs: read-only even for a namespace's root
@@ -47,7 +52,8 @@ class SetupError(Exception):
 def parse(arg):
     """<setup> → dict of lists/values (see the module docstring)."""
     plan = {"errfd": -1, "ids": None, "capdrop": False, "rlimits": [], "ns": None, "tmp": [], "hide": [],
-            "bind": [], "work": None, "dev": False, "rolegacy": False, "site": [], "marshal": False}
+            "bind": [], "work": None, "dev": False, "rolegacy": False, "site": [], "marshal": False,
+            "zygote": None, "preload": []}
     for item in filter(None, arg.split(";")):
         name, *f = item.split(":")
         if name == "errfd":
@@ -58,6 +64,10 @@ def parse(arg):
             plan[name] = True
         elif name == "ns":
             plan["ns"] = f[0]
+        elif name == "zygote":
+            plan["zygote"] = int(f[0])
+        elif name == "preload":
+            plan["preload"] = [m for m in bytes.fromhex(f[0]).decode().split(",") if m]
         elif name == "tmp":
             plan["tmp"].append((bytes.fromhex(f[0]).decode(), int(f[1])))
         elif name in ("hide", "bind", "site"):
@@ -106,13 +116,16 @@ class Libc:
         self.check(ret, "mount_setattr / read-only")
         return True
 
-    def drop_caps(self):
-        """No capabilities left, in any set, and none to regain by exec (bounding set emptied)."""
+    def drop_caps(self, keep=()):
+        """No capabilities left but `keep` (effective and permitted), none inheritable, and none to regain by exec
+        (bounding set emptied but `keep`)."""
         for cap in range(64):
-            if self.lib.prctl(PR_CAPBSET_DROP, self.ct.c_ulong(cap), 0, 0, 0) != 0:
+            if cap not in keep and self.lib.prctl(PR_CAPBSET_DROP, self.ct.c_ulong(cap), 0, 0, 0) != 0:
                 break  # past the last capability this kernel knows
         header = (self.ct.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
-        data = (self.ct.c_uint32 * 6)()
+        mask = sum(1 << c for c in keep)
+        lo, hi = mask & 0xFFFFFFFF, mask >> 32
+        data = (self.ct.c_uint32 * 6)(lo, lo, 0, hi, hi, 0)  # {effective, permitted, inheritable} x 2 words
         self.check(self.lib.capset(self.ct.byref(header), self.ct.byref(data)), "capset")
 
 
@@ -243,6 +256,8 @@ def enter_namespaces(libc, plan):
     pid = os.fork()
     if pid:
         os.close(w)
+        if plan["zygote"] is not None:
+            os.close(plan["zygote"])  # only P1 talks to the grading process; its EOF must not wait for us
         relay(pid, r, plan["errfd"], null)
     os.close(r)
     os.close(null)
@@ -382,10 +397,13 @@ def fail(errfd, message):
 
 
 def setup(plan):
-    """Everything before the program; in the namespace layer this returns in P2 only."""
+    """Everything before the program; in the namespace layer this returns in P2 only, with "zygote:" only in each
+    program the zygote forks (`serve`, from _zygote.py)."""
     import os
 
     if not plan["ns"]:
+        if plan["zygote"] is not None:
+            return serve(plan, Libc())  # noqa: F821 - _zygote.py, shipped before this source
         limits(plan)
         return
     libc = Libc()
@@ -394,6 +412,12 @@ def setup(plan):
     build_mounts(libc, plan)
     if plan["capdrop"]:
         libc.drop_caps()
+    if plan["zygote"] is not None:  # PID 1 stays root only to make its children "nobody"
+        if plan["ids"]:
+            libc.drop_caps(keep=(CAP_SETGID, CAP_SETUID))
+        libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        os.close(w)  # P0 relays our own end
+        return serve(plan, libc)  # noqa: F821
     limits(plan)
     libc.prctl(PR_SET_NO_NEW_PRIVS, 1)
     if plan["errfd"] >= 0:

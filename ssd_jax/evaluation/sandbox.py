@@ -32,6 +32,12 @@ itself (.pth path lines honoured; .pth `import` lines and sitecustomize not run)
 up reports on a private pipe and `run_python` raises `SandboxError`, so a broken sandbox is never graded as a wrong
 program. Per-run costs kept low: the bootstrap (and, with `precompile`, the program) reach the child compiled.
 
+`launch` picks how the program's process starts, in the same layer: "fresh" (default here) a new interpreter per
+program, as above; "zygote" (the grader's default) a fork of a long-lived fork server that the layer started once
+and that imported the grading harness's modules (`zygote.py`, `_zygote.py`): same barrier, same limits, a new
+session, work dir and environment per program, and everything a program leaves in the sandbox (processes, files
+in the private /tmp and /dev/shm) removed before the next; labels end in "+zygote".
+
 Why a bootstrap instead of `preexec_fn`: `preexec_fn` forces a full fork() of the caller and runs Python between
 fork and exec, which CPython documents as unsafe in threaded processes (a JAX runtime is one). Without it
 `subprocess` uses vfork+exec, and the limits still bind before the first byte of untrusted code is compiled.
@@ -66,6 +72,8 @@ from ssd_jax.errors import ConfigError, UserError
 
 ISOLATIONS = ("auto", "bwrap", "namespaces", "unsafe-rlimits")
 Isolation = Literal["auto", "bwrap", "namespaces", "unsafe-rlimits"]
+LAUNCHES = ("fresh", "zygote")
+Launch = Literal["fresh", "zygote"]
 # The child bootstrap, passed as `python -c _BOOT <setup> main.py [args]` (see _boot.py for <setup>); to our own
 # interpreter compiled, as `python -c _BOOT_STUB <marshalled _BOOT> <setup> ...` (compiling it costs ~5 ms a run).
 _BOOT = (Path(__file__).parent / "_boot.py").read_text(encoding="utf-8")
@@ -97,7 +105,7 @@ class RunResult:
     isolation: str
     wall_s: float
     truncated: bool  # stdout or stderr went over `output_limit`
-    pid: int = 0  # the child's pid = its session and process-group id
+    pid: int = 0  # the child's pid = its session and process-group id (from a zygote: as seen inside the sandbox)
     files: dict[str, bytes] = field(default_factory=dict)  # `collect`ed files from the work dir
 
 
@@ -325,8 +333,9 @@ def _host_devices() -> set[str]:
         return {line.split()[2] for line in f if line.strip()}
 
 
-def _check_probe(rep: dict, layer: _Layer) -> str:
-    """Why the probe's report shows no barrier ("" when it does)."""
+def _check_probe(rep: dict, layer: _Layer, work: str | None = None) -> str:
+    """Why the probe's report shows no barrier ("" when it does). The one writable host mount allowed is the work
+    dir, the probe's cwd (a zygote's: its work base, `work`, which holds the work dir of each program)."""
     if layer.drop is not None and rep["uid"] != layer.drop[0]:
         return f"the program runs as uid {rep['uid']}, expected {layer.drop[0]}"
     if rep["nets"] != ["lo"]:
@@ -336,7 +345,8 @@ def _check_probe(rep: dict, layer: _Layer) -> str:
     if rep["pids"] > 3:
         return f"{rep['pids']} processes visible; expected a PID namespace of its own"
     host = _host_devices()
-    shared = [p for p, dev, rw, chardev in rep["mounts"] if rw and not chardev and p != rep["cwd"] and dev in host]
+    shared = [p for p, dev, rw, chardev in rep["mounts"]
+              if rw and not chardev and p not in (rep["cwd"], work) and dev in host]
     return f"host file systems writable inside: {', '.join(shared[:3])}" if shared else ""
 
 
@@ -396,11 +406,33 @@ def select_layer(isolation: str, python: str | None = None, drop_root: bool = Tr
                              f"{why_bw}; namespaces: {why_ns}). Fix: {FIX}")
 
 
-def check_isolation(isolation: str, python: str | None = None, drop_root: bool = True) -> str:
-    """Fail early (SandboxUnavailable / ConfigError) if `isolation` cannot run here; else the label runs will get."""
+def check_isolation(isolation: str, python: str | None = None, drop_root: bool = True,
+                    launch: Launch = "fresh") -> str:
+    """Fail early (SandboxUnavailable / ConfigError; SandboxError when a zygote cannot start or fails its probe) if
+    `isolation` cannot run here; else the label runs will get."""
+    python = python or sys.executable
+    _check_launch(launch)
     layer = select_layer(isolation, python, drop_root)
     run_uid = layer.drop[0] if layer.drop else os.geteuid()
-    return layer.label(run_uid != 0)
+    label = layer.label(run_uid != 0)
+    if launch == "zygote" and _zygote_serves(layer, python, None):
+        from ssd_jax.evaluation import zygote
+
+        zygote.check(layer, python, label + "+zygote")
+        return label + "+zygote"
+    return label
+
+
+def _check_launch(launch: str) -> None:
+    if launch not in LAUNCHES:
+        raise ConfigError(f"sandbox launch {launch!r}: expected one of {', '.join(LAUNCHES)}")
+
+
+def _zygote_serves(layer: _Layer, python: str, env: Mapping[str, str] | None) -> bool:
+    """A zygote needs a barrier (its sweep relies on the PID namespace), our own interpreter (it ships compiled
+    code), and no PYTHON* variable in `env` (those act when an interpreter starts, not when it forks)."""
+    return layer.kind in ("bwrap", "ns") and python == sys.executable and \
+        not any(k.startswith("PYTHON") for k in (env or {}))
 
 
 def _uid_task_count(uid: int) -> int:
@@ -464,6 +496,7 @@ def run_python(
     env: Mapping[str, str] | None = None,
     drop_root: bool = True,
     precompile: bool = False,
+    launch: Launch = "fresh",
 ) -> RunResult:
     """Run `code` as `__main__` of a fresh interpreter in the sandbox, feed it `stdin`, and wait at most `timeout_s`.
 
@@ -473,15 +506,29 @@ def run_python(
     `collect_limit` bytes) into `RunResult.files`. `site_packages=True` drops `-S` so installed packages (numpy)
     import, as in LiveCodeBench's own environment. `env` adds variables to the minimal environment.
     `precompile=True` compiles `code` here once per process (for code run over and over: the grading harness).
+    `launch="zygote"` forks the program from this process's zygote of the layer (`zygote.py`: same barrier and
+    limits, a fork instead of an interpreter start; label "...+zygote"); unsafe-rlimits, another `python`, and a
+    PYTHON* variable in `env` always start a fresh interpreter, and so does a program whose zygote died under it.
     Raises SandboxUnavailable when `isolation` cannot run here, SandboxError when the sandbox broke in the child.
     """
     python = python or sys.executable
+    _check_launch(launch)
     layer = select_layer(isolation, python, drop_root)
     limits, nproc_on = _limits(layer, timeout_s, memory_mb, cpu_s, fsize_mb, nproc)
+    precompile = precompile and python == sys.executable
+    if launch == "zygote" and _zygote_serves(layer, python, env):
+        from ssd_jax.evaluation import zygote
+
+        r = zygote.run(layer, python, layer.label(nproc_on) + "+zygote", code, stdin, timeout_s=timeout_s,
+                       limits=limits, output_limit=output_limit, files=files, collect=collect,
+                       collect_limit=collect_limit, args=args, env=env, site_packages=site_packages,
+                       precompile=precompile)
+        if r is not None:
+            return r
     return _execute(layer, code, stdin, python=python, timeout_s=timeout_s, limits=limits,
                     label=layer.label(nproc_on), output_limit=output_limit, site_packages=site_packages,
                     files=files, collect=collect, collect_limit=collect_limit, args=args, env=env,
-                    precompile=precompile and python == sys.executable)
+                    precompile=precompile)
 
 
 def _child_env(work: str, extra: Mapping[str, str] | None) -> dict[str, str]:
