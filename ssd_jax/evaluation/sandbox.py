@@ -798,6 +798,15 @@ def _run(cmd: list[str], cwd: str, env: dict[str, str], stdin: str | bytes, time
     )
 
 
+def _take_disable(value: str | None) -> None:
+    """Worker initializer: the pool creator's SSD_SANDBOX_DISABLE, not the one the (process-wide, long-lived)
+    forkserver happened to start with."""
+    if value is None:
+        os.environ.pop("SSD_SANDBOX_DISABLE", None)
+    else:
+        os.environ["SSD_SANDBOX_DISABLE"] = value
+
+
 def _default_start_method() -> str:
     return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
 
@@ -821,7 +830,8 @@ class WorkerPool:
             ctx.set_forkserver_preload(list(preload))
         self.start_method = method
         self.max_workers = max_workers or min(os.cpu_count() or 1, 16)
-        self._ex = ProcessPoolExecutor(self.max_workers, mp_context=ctx)
+        self._ex = ProcessPoolExecutor(self.max_workers, mp_context=ctx, initializer=_take_disable,
+                                       initargs=(os.environ.get("SSD_SANDBOX_DISABLE"),))
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         return self._ex.submit(fn, *args, **kwargs)

@@ -54,3 +54,22 @@ def test_a_pipeline_refuses_before_sampling_or_training(tmp_path, monkeypatch):
     with pytest.raises(sandbox.SandboxUnavailable, match="refusing"):
         run_pipeline(RunConfig(out_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
+
+
+def test_pool_workers_take_the_creators_disable_switch(monkeypatch):
+    """The forkserver is started once per process, with the environment of that moment; each pool's workers must
+    still see the SSD_SANDBOX_DISABLE of the pool's creator (else one test's switch leaks into every later pool)."""
+    from ssd_jax.evaluation.sandbox import WorkerPool
+
+    monkeypatch.setenv("SSD_SANDBOX_DISABLE", "bwrap,namespaces")
+    with WorkerPool(1) as pool:
+        assert pool.submit(_env_disable).result() == "bwrap,namespaces"
+    monkeypatch.delenv("SSD_SANDBOX_DISABLE")
+    with WorkerPool(1) as pool:
+        assert pool.submit(_env_disable).result() is None
+
+
+def _env_disable():
+    import os
+
+    return os.environ.get("SSD_SANDBOX_DISABLE")
