@@ -86,7 +86,7 @@ def _sample_jax(model_dir: str) -> None:
 
     tok = hf.load_tokenizer(model_dir)  # as the sample stage loads it (no torch import)
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in _prompts(tok)]
-    model = hf.load(model_dir, dtype="float32")
+    model = hf.load(model_dir, dtype="float32", scan_layers=False)  # as the sample stage decodes
     s = JaxSampler(model, tok, batch_size=N_PROMPTS, max_prompt_len=64, max_new_tokens=NEW_TOKENS, eos_token_ids=[])
     s.generate(ids, [SamplingParams(temperature=1.0, top_k=20, top_p=0.8, max_tokens=NEW_TOKENS, seed=0)] * N_PROMPTS)
 

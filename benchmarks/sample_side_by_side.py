@@ -43,7 +43,7 @@ def _jax(a, tok, texts, ids):
     from ssd_jax.models import hf
     from ssd_jax.sampling.jax_sampler import JaxSampler, SamplingParams
 
-    model = hf.load(a.model, dtype=a.dtype)
+    model = hf.load(a.model, dtype=a.dtype, scan_layers=False)  # as the sample stage decodes (ModelSpec.run_options)
     s = JaxSampler(model, tok, batch_size=a.n, max_prompt_len=64, max_new_tokens=a.new, eos_token_ids=[])
     sp = [SamplingParams(temperature=1.0, top_k=20, top_p=0.8, max_tokens=a.new, seed=0)] * a.n
     s.generate(ids, sp)  # compile
