@@ -295,7 +295,7 @@ def test_a_zygote_that_dies_under_a_program_costs_that_program_nothing(iso):
     assert r.stdout == "2\n" and the_zygote(iso) is not z
 
 
-@pytest.mark.skipif(not fresh.HAVE_NS, reason="the namespace layer cannot run here")
+@fresh.needs_ns
 def test_a_changed_skeleton_makes_the_zygote_unhealthy():
     """Same uid as the zygote (no root to drop from): the program owns /tmp and may chmod it. The zygote sees the
     private file systems differ from what it recorded, and a new one (a new tmpfs) serves the next program."""
@@ -339,7 +339,7 @@ def test_every_zygote_passes_the_isolation_probe_first(iso, monkeypatch):
         check_isolation(iso, launch="zygote")
 
 
-@pytest.mark.skipif(not fresh.HAVE_NS, reason="the namespace layer cannot run here")
+@fresh.needs_ns
 def test_a_zygote_that_cannot_start_is_a_sandbox_error(monkeypatch):
     check_isolation("namespaces")  # the fresh probe, before the plan is broken
     plan = sandbox._ns_items
@@ -357,7 +357,7 @@ def test_launch_switch_labels_and_fallbacks():
     with pytest.raises(ConfigError, match="fresh, zygote"):
         run_python("pass", launch="forkserver")
     for iso in ("bwrap", "namespaces"):
-        if iso == "bwrap" and not fresh.HAVE_BWRAP or iso == "namespaces" and not fresh.HAVE_NS:
+        if iso == "bwrap" and not fresh.RUN_BWRAP or iso == "namespaces" and not fresh.RUN_NS:
             continue
         label = check_isolation(iso, launch="zygote")
         assert label.endswith("+zygote") and label.removesuffix("+zygote") == check_isolation(iso)
