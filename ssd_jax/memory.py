@@ -1,14 +1,18 @@
 """Peak memory of a stage: host RSS high-water mark and, on accelerators, the device's peak bytes in use.
 
-Why per stage: `ssd-jax run` runs several stages in one process, and a process's high-water mark (VmHWM) only ever
-grows. Linux resets it when "5" is written to /proc/self/clear_refs, so each stage starts its own count; a stage
-run as a child process is measured from its own /proc status while it runs. Where neither is possible the number is the
-process's peak so far, and `scope` says so.
+Why not reset the high-water mark per stage: `ssd-jax run` runs several stages in one process, and the kernel's mark
+(VmHWM) only grows. Writing "5" to /proc/self/clear_refs would reset it, but the kernel also reports that mark as
+`ru_maxrss` to whoever measures the process from outside (`/usr/bin/time -v`), which would then see only the last
+stage. So a stage compares the mark at its end with the mark at its start: if it grew, the stage set the process's
+peak and the new mark is its exact peak; if not, the stage's peak is the largest RSS a sampling thread saw (every
+20 ms). A stage run as a child process is measured from its own /proc status while it runs.
 """
 
 from __future__ import annotations
 
+import os
 import resource
+import threading
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -16,18 +20,17 @@ from typing import Iterator
 GB = 1e9
 
 
-def reset_peak_rss() -> bool:
-    """Start a new high-water mark for this process; False where the kernel does not allow it."""
+def rss_bytes() -> int:
+    """This process's resident set now."""
     try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def peak_rss_bytes() -> int:
-    """This process's RSS high-water mark (since the last reset)."""
+    """This process's RSS high-water mark since it started."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -54,8 +57,37 @@ def device_peak_bytes() -> int | None:
     return max(peaks) if peaks else None
 
 
+class _StagePeak:
+    """The peak RSS of the running stage: exact where the stage raised the process's mark, sampled otherwise."""
+
+    def __init__(self, interval_s: float = 0.02):
+        self.start_hwm = peak_rss_bytes()
+        self.sampled = rss_bytes()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, args=(interval_s,), name="stage-peak", daemon=True)
+        self._thread.start()
+
+    def _sample(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.sampled = max(self.sampled, rss_bytes())
+
+    def peak(self) -> int:
+        hwm = peak_rss_bytes()
+        return hwm if hwm > self.start_hwm else max(self.sampled, rss_bytes())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak()
+
+
+_current: _StagePeak | None = None
+
+
 def process_peak() -> dict:
-    """This process's peak so far (since the stage's reset, inside `ssd-jax run`): for a stage's own outputs."""
+    """The running stage's peak so far (inside `ssd-jax run`), else this process's: for a stage's own outputs."""
+    if _current is not None:
+        return record(_current.peak(), "stage", device_peak=device_peak_bytes())
     return record(peak_rss_bytes(), "process", device_peak=device_peak_bytes())
 
 
@@ -71,13 +103,15 @@ def record(peak_rss: int, scope: str, seconds: float | None = None, device_peak:
 @contextmanager
 def stage_peak() -> Iterator[dict]:
     """`with stage_peak() as mem: …` fills `mem` with the block's peak RSS (and device peak) when it ends."""
-    scope = "stage" if reset_peak_rss() else "process"
+    global _current
+    outer, _current = _current, _StagePeak()
     mem: dict = {}
     t0 = time.perf_counter()
     try:
         yield mem
     finally:
-        mem.update(record(peak_rss_bytes(), scope, time.perf_counter() - t0, device_peak_bytes()))
+        stage, _current = _current, outer
+        mem.update(record(stage.stop(), "stage", time.perf_counter() - t0, device_peak_bytes()))
 
 
 def _vm_hwm(pid: int) -> int | None:
