@@ -27,7 +27,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Callable
 
 from ssd_jax.evaluation.grader import TestCase, grade
-from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation, run_python
+from ssd_jax.evaluation.pool import WorkerPool
+from ssd_jax.evaluation.sandbox import check_isolation, run_python
 
 PROGRAM = """
 import sys

@@ -26,7 +26,8 @@ from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
 from ssd_jax.evaluation.grader import grade_record, problem_payload
-from ssd_jax.evaluation.sandbox import WorkerPool, check_isolation
+from ssd_jax.evaluation.pool import WorkerPool
+from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
 from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample, sample_key

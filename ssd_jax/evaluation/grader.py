@@ -85,7 +85,8 @@ from typing import Literal, Sequence
 from ssd_jax.data.problems import TestCase
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.evaluation import _harness
-from ssd_jax.evaluation.sandbox import RunResult, run_python
+from ssd_jax.evaluation.launch import RunResult
+from ssd_jax.evaluation.sandbox import run_python
 
 HARNESS_SOURCE = Path(_harness.__file__).read_text(encoding="utf-8")
 MODES = ("lcb_compat", "mlssd", "robust")

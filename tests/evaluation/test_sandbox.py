@@ -12,6 +12,7 @@ the child's namespace (interfaces, routes, lo's flags).
 import os
 import shutil
 import socket
+import sys
 import textwrap
 import time
 import uuid
@@ -20,9 +21,11 @@ from pathlib import Path
 import pytest
 
 from ssd_jax.errors import ConfigError, UserError
-from ssd_jax.evaluation import sandbox
-from ssd_jax.evaluation.sandbox import (SandboxError, SandboxUnavailable, WorkerPool, bwrap_support,
-                                        namespace_support, run_python)
+from ssd_jax.evaluation import barrier, isolation, launch
+from ssd_jax.evaluation.isolation import SandboxUnavailable, bwrap_support, namespace_support
+from ssd_jax.evaluation.launch import SandboxError
+from ssd_jax.evaluation.pool import WorkerPool
+from ssd_jax.evaluation.sandbox import check_isolation, run_python
 
 HAVE_BWRAP = bwrap_support() is not None
 HAVE_NS = namespace_support() is not None
@@ -39,7 +42,7 @@ def test_bubblewrap_runs_where_ci_requires_it():
     if os.environ.get("SSD_REQUIRE_BWRAP") == "1":
         assert HAVE_BWRAP, "SSD_REQUIRE_BWRAP=1 but bubblewrap cannot run the sandbox here"
     else:
-        assert HAVE_BWRAP or shutil.which("bwrap") is None or os.geteuid() != 0 or sandbox._disabled("bwrap"), \
+        assert HAVE_BWRAP or shutil.which("bwrap") is None or os.geteuid() != 0 or isolation._disabled("bwrap"), \
             "bwrap is installed and we are root, yet no bubblewrap set-up runs: the sandbox is misconfigured"
 
 
@@ -47,7 +50,7 @@ def test_namespaces_run_where_required():
     """Same for the built-in layer: _setup.sh sets SSD_REQUIRE_NAMESPACES=1 where `unshare` works as root."""
     if os.environ.get("SSD_REQUIRE_NAMESPACES") == "1":
         assert HAVE_NS, "SSD_REQUIRE_NAMESPACES=1 but the namespace sandbox cannot run here: " + \
-            sandbox._why(sandbox._key("namespaces", sandbox.sys.executable, True))
+            isolation._why(isolation._key("namespaces", sys.executable, True))
 
 
 def _layer(name: str, have: bool, required_by: str):
@@ -402,7 +405,7 @@ def test_worker_pool_never_forks_and_rejects_fork():
 @pytest.fixture
 def fresh_probes(monkeypatch):
     """Forget what this process probed, so a changed PATH or SSD_SANDBOX_DISABLE is seen."""
-    monkeypatch.setattr(sandbox, "_probe_cache", {})
+    monkeypatch.setattr(isolation, "_probe_cache", {})
 
 
 @needs_ns
@@ -430,7 +433,7 @@ def test_auto_refuses_when_no_barrier_can_be_built(fresh_probes, monkeypatch):
             run_python("pass", isolation=iso)
     r = run_python("print('ran')", isolation="unsafe-rlimits")  # only when asked for by name
     assert r.stdout == "ran\n" and r.isolation.startswith("unsafe-rlimits")
-    assert sandbox.check_isolation("unsafe-rlimits").startswith("unsafe-rlimits")
+    assert check_isolation("unsafe-rlimits").startswith("unsafe-rlimits")
 
 
 @needs_ns
@@ -457,7 +460,7 @@ def test_namespaces_in_a_user_namespace_keep_the_barrier(fresh_probes):
 @needs_ns
 def test_namespaces_read_only_view_without_mount_setattr(fresh_probes, monkeypatch, tmp_path):
     """Kernels before 5.12 lack mount_setattr: the bootstrap then remounts each mount read-only; same barrier."""
-    monkeypatch.setattr(sandbox, "_FORCE_LEGACY_RO", True)
+    monkeypatch.setattr(barrier, "_FORCE_LEGACY_RO", True)
     assert namespace_support() is not None  # the probe passes this way too
     r = run_python(f"open({str(Path(__file__).parent / 'escape')!r}, 'w')\n", isolation="namespaces")
     assert r.returncode == 1 and "Read-only file system" in r.stderr
@@ -467,8 +470,8 @@ def test_namespaces_read_only_view_without_mount_setattr(fresh_probes, monkeypat
 def test_a_broken_sandbox_raises_and_a_program_cannot_fake_one(monkeypatch):
     r = run_python("import sys\nprint('ssd-jax sandbox', file=sys.stderr)\nsys.exit(125)", isolation="namespaces")
     assert r.returncode == 125  # the program's own exit code, not a set-up failure
-    plan = sandbox._ns_items
-    monkeypatch.setattr(sandbox, "_ns_items", lambda *a: plan(*a) + ["bind:" + "/nonexistent".encode().hex()])
+    plan = barrier._ns_items
+    monkeypatch.setattr(barrier, "_ns_items", lambda *a: plan(*a) + ["bind:" + "/nonexistent".encode().hex()])
     with pytest.raises(SandboxError, match="nonexistent"):
         run_python("print(1)", isolation="namespaces")
 
@@ -489,7 +492,7 @@ def test_site_packages_without_running_pth_imports(monkeypatch, tmp_path):
     (site / "sub" / "extra_mod" / "__init__.py").write_text("X = 42\n")
     marker = tmp_path / "pth-import-ran"
     (site / "a.pth").write_text(f"# comment\nsub\nimport os; open({str(marker)!r}, 'w')\n")
-    monkeypatch.setattr(sandbox, "_site_dirs", lambda: (str(site),))
+    monkeypatch.setattr(launch, "_site_dirs", lambda: (str(site),))
     r = run_python("import extra_mod, sys\nprint(extra_mod.X, sys.flags.no_site)", site_packages=True,
                    isolation="unsafe-rlimits")
     assert r.stdout == "42 1\n", r.stderr

@@ -15,9 +15,12 @@ import pytest
 
 from ssd_jax.config import GraderSpec, from_dict
 from ssd_jax.errors import ConfigError
-from ssd_jax.evaluation import sandbox, zygote
+from ssd_jax.evaluation import barrier, isolation, zygote
 from ssd_jax.evaluation.grader import TestCase, grade
-from ssd_jax.evaluation.sandbox import SandboxError, check_isolation, run_python
+from ssd_jax.evaluation.isolation import select_layer
+from ssd_jax.evaluation.launch import SandboxError
+from ssd_jax.evaluation.pool import WorkerPool
+from ssd_jax.evaluation.sandbox import check_isolation, run_python
 from tests.evaluation import test_sandbox as fresh
 from tests.evaluation.test_sandbox import BARRIERS, listener, src  # noqa: F401 - listener is a fixture
 
@@ -38,7 +41,7 @@ def on_zygote(monkeypatch):
 
 
 def the_zygote(iso: str, drop_root: bool = True) -> zygote.Zygote:
-    z = zygote.serving(sandbox.select_layer(iso, drop_root=drop_root))
+    z = zygote.serving(select_layer(iso, drop_root=drop_root))
     assert z is not None, "no zygote serves this layer"
     return z
 
@@ -322,15 +325,15 @@ def test_a_set_up_failure_in_the_child_is_a_sandbox_error(iso):
 def test_every_zygote_passes_the_isolation_probe_first(iso, monkeypatch):
     check_isolation(iso)  # the fresh probe of the layer, done before anything below is patched
     seen = []
-    check = sandbox._check_probe
-    monkeypatch.setattr(sandbox, "_check_probe", lambda rep, layer, work=None: seen.append((rep, work)) or
+    check = isolation._check_probe
+    monkeypatch.setattr(isolation, "_check_probe", lambda rep, layer, work=None: seen.append((rep, work)) or
                         check(rep, layer, work))
     zygote._close_all()
     run_on_zygote("pass", isolation=iso)
     z = the_zygote(iso)
     [(rep, work)] = [(rep, work) for rep, work in seen if work is not None]
     assert work == z.base and rep["cwd"].startswith(z.base + "/run-") and rep["nets"] == ["lo"]
-    monkeypatch.setattr(sandbox, "_check_probe", lambda rep, layer, work=None: "a writable host mount")
+    monkeypatch.setattr(isolation, "_check_probe", lambda rep, layer, work=None: "a writable host mount")
     zygote._close_all()
     with pytest.raises(SandboxError, match="isolation check: a writable host mount"):
         run_python("pass", isolation=iso, launch="zygote")
@@ -342,8 +345,8 @@ def test_every_zygote_passes_the_isolation_probe_first(iso, monkeypatch):
 @fresh.needs_ns
 def test_a_zygote_that_cannot_start_is_a_sandbox_error(monkeypatch):
     check_isolation("namespaces")  # the fresh probe, before the plan is broken
-    plan = sandbox._ns_items
-    monkeypatch.setattr(sandbox, "_ns_items", lambda *a: plan(*a) + ["bind:" + "/nonexistent".encode().hex()])
+    plan = barrier._ns_items
+    monkeypatch.setattr(barrier, "_ns_items", lambda *a: plan(*a) + ["bind:" + "/nonexistent".encode().hex()])
     zygote._close_all()
     with pytest.raises(SandboxError, match="zygote failed to start.*nonexistent"):
         run_python("print(1)", isolation="namespaces", launch="zygote")
@@ -432,7 +435,7 @@ def test_interpreter_exit_is_a_fresh_ones():
 
 
 def test_pool_workers_each_have_a_zygote():
-    with sandbox.WorkerPool(2) as pool:
+    with WorkerPool(2) as pool:
         results = [f.result(timeout=60) for f in [pool.submit(run_python, "print(1)", launch="zygote")
                                                  for _ in range(6)]]
     assert all(r.stdout == "1\n" and r.isolation.endswith("+zygote") for r in results)
