@@ -114,7 +114,9 @@ class TrainConfig:
     log_every: int = 1
     checkpoint_every: int = 250
     keep_checkpoints: int = 3
-    async_checkpointing: bool = True
+    # null: async on accelerators (the step goes on while the saved copy is written), synchronous on CPU, where
+    # that copy lives in the same RAM as the next step and adds the whole model + optimizer state to its peak.
+    async_checkpointing: bool | None = None
     export_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     # Sequence positions per chunk of the LM head + cross-entropy, for every row of the micro-batch at once
     # (never builds B×T×V logits; per device the chunk holds rows-per-device × chunk_tokens × vocab fp32 logits).

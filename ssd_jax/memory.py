@@ -10,6 +10,9 @@ peak and the new mark is its exact peak; if not, the stage's peak is the largest
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import os
 import resource
 import threading
@@ -18,6 +21,32 @@ from contextlib import contextmanager
 from typing import Iterator
 
 GB = 1e9
+
+
+def return_freed_memory() -> None:
+    """Collect garbage and hand the C heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere only the
+    collection).
+
+    Why: glibc keeps what Python, orbax and tensorstore free in its arenas, so without this a process's RSS only
+    grows. Measured on SmolLM2-135M's SFT (4 × 768, micro-batch 1): one checkpoint save left 1.4 GB behind, which
+    the next step's 2.2 GB of XLA temporaries then came on top of (peak 6.3 GB instead of 4.6); between stages run in
+    one process the sampler's 0.9 GB stayed resident."""
+    gc.collect()
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+_TRIM: list = []
+
+
+def _malloc_trim():
+    if not _TRIM:
+        try:
+            _TRIM.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
+        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+            _TRIM.append(None)
+    return _TRIM[0]
 
 
 def rss_bytes() -> int:

@@ -115,6 +115,7 @@ class Stages:
         with memory.stage_peak() as mem:
             out = fn(*args)
         self.memory = mem
+        memory.return_freed_memory()  # what the stage freed, before the next stage's peak comes on top of it
         return out
 
     def _child(self, command: str, cfg, config_path: Path) -> None:

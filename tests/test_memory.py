@@ -50,3 +50,26 @@ def test_format_peaks_lists_stages_with_memory():
                                 "c": {"peak_rss_gb": 0.25, "device_peak_gb": 3.0, "scope": "child process"}})
     assert "a    1.50 GB  (stage)" in text and "device 3.00 GB" in text
     assert memory.format_peaks({}) == ""
+
+
+def test_return_freed_memory_gives_the_heap_back():
+    # 64 KiB blocks come from glibc's heap (below its mmap threshold); a block kept after them pins the heap's top,
+    # so freeing them leaves the pages resident until malloc_trim hands them back.
+    blocks = [np.ones(8192) for _ in range(4000)]  # 262 MB
+    pin = np.ones(8192)
+    base = memory.rss_bytes()
+    del blocks
+    held = memory.rss_bytes()
+    memory.return_freed_memory()
+    after = memory.rss_bytes()
+    assert held > base - 50e6, (base, held)  # still resident after the free
+    assert after < held - 150e6, (held, after)
+    assert pin.sum() == 8192
+
+
+def test_cpu_checkpoints_synchronously_by_default():
+    from ssd_jax.config import TrainConfig
+    from ssd_jax.train.loop import _async_checkpointing
+
+    assert _async_checkpointing(TrainConfig()) is False  # CPU: the saved copy would sit under the next step
+    assert _async_checkpointing(TrainConfig(async_checkpointing=True)) is True

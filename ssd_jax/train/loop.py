@@ -23,7 +23,7 @@ from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import atomic_write_text
-from ssd_jax.memory import process_peak
+from ssd_jax.memory import process_peak, return_freed_memory
 from ssd_jax.models import hf
 from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh
 from ssd_jax.train import optim
@@ -102,6 +102,13 @@ def _global_array(host: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
+def _async_checkpointing(cfg: TrainConfig) -> bool:
+    """See TrainConfig.async_checkpointing."""
+    if cfg.async_checkpointing is not None:
+        return cfg.async_checkpointing
+    return jax.default_backend() != "cpu"
+
+
 def train(cfg: TrainConfig) -> dict:
     accum = validate(cfg, jax.device_count())
     micro = cfg.global_batch // accum
@@ -128,7 +135,7 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = optim.create(model, cfg.optim, mesh)
 
     ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
-                             async_save=cfg.async_checkpointing)
+                             async_save=_async_checkpointing(cfg))
     data_it = iter(sft.batches_dataset(examples, cfg.data, cfg.global_batch))
     start = ckpt.latest_step() or 0
     if start:
@@ -175,8 +182,9 @@ def train(cfg: TrainConfig) -> dict:
                 raise FloatingPointError(f"step {step + 1}: loss is {last['loss']}")
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.total_steps:
                 log.write(last)
-            ckpt.save(step + 1, model, optimizer, data_it.get_state(), {"seed": cfg.seed, "step": step + 1},
-                      force=step + 1 == cfg.optim.total_steps)
+            if ckpt.save(step + 1, model, optimizer, data_it.get_state(), {"seed": cfg.seed, "step": step + 1},
+                         force=step + 1 == cfg.optim.total_steps):
+                return_freed_memory()  # else what the save freed stays resident under the next step's peak
             if progress is not None:
                 progress.update(1)
                 progress.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
