@@ -140,8 +140,10 @@ def test_tiled_grouped_gemm_equals_ragged_dot(tile):
     sizes = jnp.array([7, 0, 13, 1, 9, 12], jnp.int32)  # 42 of 50 rows
     ref = lambda xs, *w: moe._expert_ffn(xs, sizes, *w, "ragged_dot")  # noqa: E731
     tiled = jax.jit(lambda xs, *w: moe._expert_ffn_tiled(xs, sizes, *w, tile))
-    y = tiled(xs, *w)
-    assert np.abs(y - ref(xs, *w)).max() <= 1e-5 and not np.any(y[42:])
+    y, y_ref = tiled(xs, *w), ref(xs, *w)
+    # Relative: outputs reach |y| ≈ 180, where fp32's spacing is 1.5e-5, and the two GEMMs sum in different orders
+    # (an absolute 1e-5 passed or failed by CPU, AVX-512 or AVX2).
+    assert np.abs(y - y_ref).max() <= 1e-6 * np.abs(y_ref).max() and not np.any(y[42:])
     loss = lambda fn: lambda *a: jnp.sum(jnp.sin(fn(*a)))  # noqa: E731
     g_ref = jax.grad(loss(ref), argnums=(0, 1, 2, 3))(xs, *w)
     g = jax.jit(jax.grad(loss(tiled), argnums=(0, 1, 2, 3)))(xs, *w)
