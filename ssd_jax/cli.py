@@ -49,16 +49,17 @@ def cmd_parity(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from pathlib import Path
-
+    from ssd_jax import bundled
+    from ssd_jax.config import ModelSpec
     from ssd_jax.models import hf, state_io
 
-    src = Path(args.src)
+    src = bundled.resolve_model(args.src)
     if state_io.is_state_checkpoint(src):
         model = state_io.load_state(src, mesh=_mesh_arg(args.mesh))
         source_dir = src / "hf"
     else:
-        model = hf.load(src, dtype=args.dtype or "float32", mesh=_mesh_arg(args.mesh))
+        dtype = args.dtype or "float32"
+        model = hf.load_model(ModelSpec(path=str(src), dtype=dtype, param_dtype=dtype), _mesh_arg(args.mesh), "export")
         source_dir = src
     to = args.to or ("hf" if state_io.is_state_checkpoint(src) else "orbax")
     if to == "orbax":

@@ -200,13 +200,16 @@ def run_parity(hf_dir: str | os.PathLike, *, dtype: str = "float32", prompts: li
                padding_side: str = "left", chat: bool = False, tolerance: dict | None = None,
                mesh=None) -> ParityReport:
     """Load `hf_dir` in both frameworks and compare them on one padded batch."""
+    from ssd_jax import bundled
+    from ssd_jax.config import ModelSpec
     from ssd_jax.models import hf as hf_io
 
     if dtype not in DEFAULT_TOLERANCE:
         raise UserError(f"--dtype {dtype!r}: expected one of {', '.join(DEFAULT_TOLERANCE)}")
-    model = hf_io.load(hf_dir, dtype=dtype, mesh=mesh)
-    ref = load_hf_reference(hf_dir, dtype)
-    tokenizer = _maybe_tokenizer(hf_dir)
+    d = bundled.resolve_model(str(hf_dir))  # the same directory for both frameworks and the tokenizer
+    model = hf_io.load_model(ModelSpec(path=str(d), dtype=dtype), mesh, "score")
+    ref = load_hf_reference(d, dtype)
+    tokenizer = _maybe_tokenizer(d)
     if tokenizer is not None:
         ids, mask = encode(tokenizer, prompts or DEFAULT_PROMPTS, padding_side, chat=chat)
     else:

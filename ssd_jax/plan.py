@@ -156,15 +156,14 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
     checked = replace(cfg, model=replace(cfg.model, path=str(model_dir)), data=replace(cfg.data, train_file="-"))
     accum = validate(checked, devices)
     micro, seq = cfg.global_batch // accum, cfg.data.seq_len
-    mcfg = hf.model_config(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                           **cfg.model.run_options())
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.devices("cpu")[:devices])
 
     def build():
-        model = hf.empty_model(mcfg, mesh)
+        model = hf.load_model(checked.model, mesh, "train", weights=False)
         return model, optim.create(model, cfg.optim, mesh)
 
     model, opt = nnx.eval_shape(build)
+    mcfg = model.cfg
     params = {path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     model, opt = _placed(model, mesh, params), _placed(opt, mesh, params)
     rows = NamedSharding(mesh, P(None, BATCH_AXES, None))

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ssd_jax.config import AnalysisConfig, DecodeSpec
+from ssd_jax.config import AnalysisConfig, DecodeSpec, ModelSpec
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.sampling.truncation import FAST_K, Truncation, truncated_logprobs
 
@@ -367,8 +367,8 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
     base_path, student_path = resolve_model(base_dir), resolve_model(student_dir)
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
     mesh = mesh if mesh.size > 1 else None
-    base = hf.load(base_path, dtype=cfg.dtype, param_dtype=cfg.dtype, mesh=mesh)
-    student = hf.load(student_path, dtype=cfg.dtype, param_dtype=cfg.dtype, mesh=mesh)
+    base, student = (hf.load_model(ModelSpec(path=str(p), dtype=cfg.dtype), mesh, "score")
+                     for p in (base_path, student_path))
     if base.cfg.vocab_size != student.cfg.vocab_size:
         raise UserError(f"{student_path}: vocabulary {student.cfg.vocab_size} differs from the base model's "
                         f"{base.cfg.vocab_size} ({base_path}); the analysis compares the same tokens")

@@ -1,5 +1,8 @@
 """HF safetensors directories ⇄ NNX models.
 
+`load_model(spec, mesh, purpose)` is the one way the stages go from a `config.ModelSpec` to a model, and holds the
+dtype policy; `load(path, **options)` below it takes ModelConfig options directly (tests, benchmarks).
+
 Loading streams one tensor at a time: each JAX parameter is assembled on the host from its HF tensor(s) (each read
 from its safetensors file on its own), transformed, and placed straight onto its target sharding; the
 host never holds more than one parameter. Export writes sharded safetensors + index + config + tokenizer files
@@ -22,6 +25,7 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -29,11 +33,16 @@ import ml_dtypes
 import numpy as np
 from flax import nnx
 
-from ssd_jax import distributed
+from ssd_jax import bundled, distributed
 from ssd_jax.errors import CheckpointError
 from ssd_jax.models import family_for
 from ssd_jax.models.transformer import CausalLM, ModelConfig
 from ssd_jax.sharding import param_sharding, path_str
+
+if TYPE_CHECKING:
+    from jax.sharding import Mesh
+
+    from ssd_jax.config import ModelSpec
 
 ST_DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64),
@@ -377,7 +386,8 @@ def model_config(path: str | os.PathLike, *, dtype: str = "float32", param_dtype
 
 
 def load(path: str | os.PathLike, *, mesh=None, **options) -> CausalLM:
-    """Build the NNX model of an HF directory, each parameter placed on its sharding (or the default device).
+    """Build the NNX model of an HF directory, each parameter placed on its sharding (or the default device);
+    `options` as `model_config` takes them (the stages go through `load_model`).
 
     Each device's shard is assembled straight from the memory-mapped HF tensors, so the host holds one shard at a
     time, never a whole stacked parameter (48 layers × 128 experts of Qwen3-30B-A3B would be 39 GB in fp32)."""
@@ -445,7 +455,40 @@ def _build_shard(ckpt: "Checkpoint", src: dict[tuple, str], rule: KeyRule, shape
     return out
 
 
-def empty_model(cfg: ModelConfig, mesh=None) -> CausalLM:
+Purpose = Literal["train", "sample", "score", "export"]
+
+
+def options_for(spec: ModelSpec, purpose: Purpose) -> dict[str, Any]:
+    """The ModelConfig.with_options that run `spec` for `purpose`: its dtypes (the policy is in load_model's
+    docstring) and the layer layout of ModelSpec.run_options (a list of layers to decode with, stacks otherwise)."""
+    compute, storage = {"train": (spec.dtype, spec.param_dtype), "sample": (spec.dtype, spec.dtype),
+                        "score": (spec.dtype, spec.dtype), "export": (spec.param_dtype, spec.param_dtype)}[purpose]
+    return {"dtype": compute, "param_dtype": storage, **spec.run_options(decoding=purpose == "sample")}
+
+
+def load_model(spec: ModelSpec, mesh: Mesh | None, purpose: Purpose, *, weights: bool = True) -> CausalLM:
+    """The model `spec.path` names (an HF directory, `bundled:<name>` or a hub id), each parameter placed on its
+    sharding on `mesh` (None: the default device), set up for `purpose`.
+
+    Every parameter is cast to the compute dtype where it is used, so the storage dtype only decides what is kept:
+    - train: compute `dtype`, store `param_dtype`. The optimizer updates the stored weights, and bf16 masters would
+      round away updates smaller than their last bit.
+    - sample (sampling and evaluation): both `dtype`. No optimizer, and decoding is memory-bound: stored at the
+      compute dtype, the weights give the same forward at half the bytes read per token in bf16.
+    - score (parity, the fork/lock analysis): both `dtype`, as transformers holds the reference it is compared with.
+    - export (a training checkpoint, or a conversion to HF/orbax): both `param_dtype`. Nothing is computed; the
+      weights keep the dtype the training run stored them in, so a restore neither rounds nor widens them, and
+      `save` converts on the way out.
+
+    `weights=False` reads no tensor and places zeros: the target of an orbax restore, or a shape to compile with."""
+    d = bundled.resolve_model(spec.path)
+    options = options_for(spec, purpose)
+    if weights:
+        return load(d, mesh=mesh, **options)
+    return _zeros(model_config(d, **options), mesh)
+
+
+def _zeros(cfg: ModelConfig, mesh: Mesh | None) -> CausalLM:
     """A model of zeros placed on its shardings: a restore target that costs no checkpoint I/O."""
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0), mesh=mesh))
     graphdef, state = nnx.split(abstract)

@@ -18,9 +18,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from ssd_jax import distributed
+from ssd_jax.config import ModelSpec
 from ssd_jax.errors import CheckpointError
 from ssd_jax.io_utils import atomic_write_text
-from ssd_jax.models.hf import SIDE_FILES, model_config
+from ssd_jax.models.hf import SIDE_FILES, model_config, options_for
 from ssd_jax.models.transformer import CausalLM
 from ssd_jax.sharding import param_sharding
 
@@ -61,13 +62,15 @@ def save_state(model: CausalLM, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_state(ckpt_dir: str | os.PathLike, *, dtype: str | None = None, mesh=None, **options) -> CausalLM:
-    """Restore a model saved by `save_state`, each parameter directly onto its sharding on `mesh`."""
+def load_state(ckpt_dir: str | os.PathLike, *, mesh=None) -> CausalLM:
+    """Restore a model saved by `save_state`, each parameter directly onto its sharding on `mesh`, in the dtype it
+    was saved in (hf.load_model's export policy)."""
     d = Path(ckpt_dir).absolute()
     if not is_state_checkpoint(d):
         raise CheckpointError(f"{d}: not an ssd-jax model checkpoint ({MARKER} missing)")
     meta = json.loads((d / MARKER).read_text())
-    cfg = model_config(d / "hf", dtype=dtype or meta["param_dtype"], param_dtype=meta["param_dtype"], **options)
+    spec = ModelSpec(path=str(d / "hf"), param_dtype=meta["param_dtype"])
+    cfg = model_config(d / "hf", **options_for(spec, "export"))
     abstract = nnx.eval_shape(lambda: CausalLM(cfg, nnx.Rngs(0), mesh=mesh))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     target = nnx.to_pure_dict(params)

@@ -150,8 +150,7 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
 
     # In a multi-process job each process decodes its own share on its own devices.
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
-    model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.dtype, mesh=mesh,
-                    **cfg.model.run_options(decoding=True))
+    model = hf.load_model(cfg.model, mesh, "sample")
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
                       max_new_tokens=max_new_tokens, mesh=mesh if mesh.size > 1 else None)
 

@@ -29,11 +29,9 @@ def export_checkpoint(run_dir: str | os.PathLike, *, step: int | None = None, ou
     if step not in steps:
         raise CheckpointError(f"{run / 'checkpoints'}: no checkpoint for step {step}; have {sorted(steps)}")
     model_dir = bundled.resolve_model(cfg.model.path)
-    mcfg = hf.model_config(model_dir, dtype=cfg.model.param_dtype, param_dtype=cfg.model.param_dtype,
-                           **cfg.model.run_options())
     # Sharded over every device present (orbax reshards from however the run saved it): each process holds its
     # shards, never the whole model on one device; tensors reach the host one at a time.
-    model = hf.empty_model(mcfg, make_mesh(MeshConfig(fsdp=-1)))
+    model = hf.load_model(cfg.model, make_mesh(MeshConfig(fsdp=-1)), "export", weights=False)
     ckpt.restore_params(step, model)
     ckpt.close()
     return hf.save(model, out or run / f"export-step-{step}", dtype=dtype, source_dir=model_dir)

@@ -130,8 +130,7 @@ def train(cfg: TrainConfig) -> dict:
         print(sft.describe_passes(passes), flush=True)
 
     mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
-    model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh,
-                    **cfg.model.run_options())
+    model = hf.load_model(cfg.model, mesh, "train")
     optimizer = optim.create(model, cfg.optim, mesh)
 
     ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,

@@ -10,6 +10,7 @@ import torch
 import transformers
 
 from ssd_jax import parity
+from ssd_jax.config import ModelSpec
 from ssd_jax.models import hf, state_io
 from ssd_jax.sharding import MeshConfig, make_mesh
 
@@ -106,3 +107,15 @@ def test_orbax_state_round_trip_onto_a_mesh(tiny_dir, tmp_path):
     a, b = _tensors(src), _tensors(back)
     assert all(a[k].tobytes() == b[k].tobytes() for k in a)
     assert (back / "config.json").exists()
+
+
+def test_load_model_dtype_policy(tiny_dir):
+    """One policy per purpose: (compute, stored) dtypes, and the list layout only where the model decodes."""
+    spec = ModelSpec(path=str(tiny_dir("qwen3_moe")), dtype="bfloat16", param_dtype="float32", moe_impl="dense")
+    want = {"train": ("bfloat16", "float32"), "sample": ("bfloat16", "bfloat16"), "score": ("bfloat16", "bfloat16"),
+            "export": ("float32", "float32")}
+    for purpose, dtypes in want.items():
+        model = hf.load_model(spec, None, purpose, weights=False)
+        cfg = model.cfg
+        assert (cfg.dtype, cfg.param_dtype, cfg.scan_layers, cfg.moe.impl) == (*dtypes, purpose != "sample", "dense")
+        assert model.embed[...].dtype == jax.numpy.dtype(dtypes[1]) and not model.embed[...].any()
