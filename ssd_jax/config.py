@@ -7,6 +7,7 @@ Command-line overrides use the same dotted keys: `--set optim.peak_lr=1e-5` (val
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -59,12 +60,29 @@ class ModelSpec:
         return opts
 
 
-@dataclass
-class MeshSpec:
+@dataclass(frozen=True)
+class MeshConfig:
+    """Device mesh axis sizes (sharding.py builds the mesh; the axes are these fields, in order). One of them may
+    be -1 to take the remaining devices. It lives here, not in sharding.py, so loading a config never imports JAX."""
+
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
     expert: int = 1
+
+    def shape(self, n_devices: int) -> tuple[int, ...]:
+        axes = dataclasses.asdict(self)
+        sizes = list(axes.values())
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh {sizes}: each axis must be a positive size, at most one of them -1")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if n_devices % known:
+                raise ConfigError(f"mesh {axes}: {n_devices} devices not divisible by {known}")
+            sizes[sizes.index(-1)] = n_devices // known
+        if math.prod(sizes) != n_devices:
+            raise ConfigError(f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices; {n_devices} present")
+        return tuple(sizes)
 
 
 @dataclass
@@ -106,7 +124,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     out_dir: str = "runs/train"
     global_batch: int = 32  # rows (packed sequences) per optimizer step
     micro_batch: int = 0  # rows per forward/backward; 0 = global_batch (no accumulation)
@@ -194,7 +212,7 @@ class SampleConfig:
     problems: ProblemSource = field(default_factory=ProblemSource)
     prompt: PromptSpec = field(default_factory=PromptSpec)
     decode: DecodeSpec = field(default_factory=DecodeSpec)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"
     vllm: VllmSpec = field(default_factory=VllmSpec)
     batch_size: int = 8  # JAX sampler rows per batch (vLLM takes every request at once and batches itself)
@@ -249,7 +267,7 @@ class EvalConfig:
     problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
     prompt: PromptSpec = field(default_factory=lambda: PromptSpec(mode="chat", template="eval", system=None))
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"
     vllm: VllmSpec = field(default_factory=VllmSpec)
     batch_size: int = 8
@@ -306,7 +324,7 @@ class AnalysisConfig:
     the run's sampling and evaluation decodes."""
 
     enabled: bool = True  # `ssd-jax run`: analyse base vs each round's model
-    mesh: MeshSpec = field(default_factory=MeshSpec)  # both models are loaded onto it (in a run: the run's mesh)
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # both models are loaded onto it (in a run: the run's mesh)
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute; statistics are fp32 either way
     label: DecodeSpec | None = None
     evaluate: DecodeSpec | None = None
@@ -333,7 +351,7 @@ class RunConfig:
     out_dir: str = ""  # default runs/<name>
     rounds: int = 1
     model: ModelSpec = field(default_factory=ModelSpec)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     filter: FilterConfig = field(default_factory=lambda: FilterConfig(preset="paper"))
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -147,7 +147,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
 
     from ssd_jax import hlo
     from ssd_jax.models import hf
-    from ssd_jax.sharding import BATCH_AXES, MeshConfig, make_mesh, path_str
+    from ssd_jax.sharding import BATCH_AXES, make_mesh, path_str
     from ssd_jax.train import optim
     from ssd_jax.train.flops import flops_per_token
     from ssd_jax.train.loop import validate
@@ -158,7 +158,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
     micro, seq = cfg.global_batch // accum, cfg.data.seq_len
     mcfg = hf.model_config(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                            **cfg.model.run_options())
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.devices("cpu")[:devices])
+    mesh = make_mesh(cfg.mesh, devices=jax.devices("cpu")[:devices])
 
     def build():
         model = hf.empty_model(mcfg, mesh)

@@ -362,10 +362,10 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
     from ssd_jax.models import hf
     from jax.sharding import NamedSharding
 
-    from ssd_jax.sharding import MeshConfig, batch_spec, make_mesh
+    from ssd_jax.sharding import batch_spec, make_mesh
 
     base_path, student_path = resolve_model(base_dir), resolve_model(student_dir)
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
+    mesh = make_mesh(cfg.mesh, devices=jax.local_devices())
     mesh = mesh if mesh.size > 1 else None
     base = hf.load(base_path, dtype=cfg.dtype, param_dtype=cfg.dtype, mesh=mesh)
     student = hf.load(student_path, dtype=cfg.dtype, param_dtype=cfg.dtype, mesh=mesh)

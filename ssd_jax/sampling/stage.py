@@ -146,10 +146,10 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
 
     from ssd_jax.models import hf
     from ssd_jax.sampling.jax_sampler import JaxSampler
-    from ssd_jax.sharding import MeshConfig, make_mesh
+    from ssd_jax.sharding import make_mesh
 
     # In a multi-process job each process decodes its own share on its own devices.
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
+    mesh = make_mesh(cfg.mesh, devices=jax.local_devices())
     model = hf.load(model_dir, dtype=cfg.model.dtype, param_dtype=cfg.model.dtype, mesh=mesh,
                     **cfg.model.run_options(decoding=True))
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
