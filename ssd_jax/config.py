@@ -17,7 +17,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from ssd_jax.data.prompts import PromptConfig
 from ssd_jax.errors import ConfigError
+from ssd_jax.presets import preset
+from ssd_jax.sampling.types import SamplingParams, Truncation
 
 T = TypeVar("T")
 
@@ -168,16 +171,6 @@ class ProblemSource:
 
 
 @dataclass
-class PromptSpec:
-    mode: Literal["chat", "raw"] = "chat"
-    template: Literal["train", "eval"] = "train"
-    system: str | None = "default"  # "default" = prompts.DEFAULT_SYSTEM; null = no system message
-    # raw mode, train template: end the stdin prompt with the newline ml-ssd's .j2 file has (its generator sends it);
-    # false = the stripped text. SFT records and chat turns always hold the stripped prompt, as ml-ssd's JSONL.
-    raw_stdin_newline: bool = True
-
-
-@dataclass
 class DecodeSpec:
     """A named preset (presets.py) or explicit values; explicit values override the preset's."""
 
@@ -189,6 +182,27 @@ class DecodeSpec:
     seed: int = 0
     n: int = 1  # samples per problem (SSD: 1; evaluation: 10)
     stop: list[str] = field(default_factory=list)
+
+    def resolve(self) -> Truncation:
+        """The truncation in force: the preset's values (no preset: T 1, no top-k, no top-p) under explicit ones."""
+        base = preset(self.preset) if self.preset else Truncation(1.0, 0, 1.0)
+        t = Truncation(**{k: getattr(base if getattr(self, k) is None else self, k)
+                          for k in ("temperature", "top_k", "top_p")})
+        if t.temperature < 0 or not 0 < t.top_p <= 1 or t.top_k < 0:
+            raise ConfigError(f"decode: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {t}")
+        return t
+
+    def params(self) -> SamplingParams:
+        """The sampler's per-request settings."""
+        t = self.resolve()
+        return SamplingParams(temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, max_tokens=self.max_tokens,
+                              seed=self.seed, stop=tuple(self.stop))
+
+    def record(self) -> dict:
+        """What the sample manifest and metrics.json record: the resolved truncation, and what named it."""
+        t = self.resolve()
+        return {"temperature": t.temperature, "top_k": t.top_k, "top_p": t.top_p, "max_tokens": self.max_tokens,
+                "seed": self.seed, "preset": self.preset}
 
 
 @dataclass
@@ -210,7 +224,7 @@ class VllmSpec:
 class SampleConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=ProblemSource)
-    prompt: PromptSpec = field(default_factory=PromptSpec)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     decode: DecodeSpec = field(default_factory=DecodeSpec)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"
@@ -265,7 +279,7 @@ class EvalConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
-    prompt: PromptSpec = field(default_factory=lambda: PromptSpec(mode="chat", template="eval", system=None))
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(mode="chat", template="eval", system=None))
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
     mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"

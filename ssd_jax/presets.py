@@ -5,7 +5,7 @@ train (sampling SSD data), eval (evaluating the SSD model), base-eval (evaluatin
 from __future__ import annotations
 
 from ssd_jax.errors import ConfigError
-from ssd_jax.sampling.truncation import Truncation
+from ssd_jax.sampling.types import Truncation
 
 T = Truncation
 PRESETS: dict[str, Truncation] = {}

@@ -31,7 +31,8 @@ import numpy as np
 
 from ssd_jax.config import AnalysisConfig, DecodeSpec
 from ssd_jax.errors import ConfigError, UserError
-from ssd_jax.sampling.truncation import FAST_K, Truncation, truncated_logprobs
+from ssd_jax.sampling.truncation import FAST_K, truncated_logprobs
+from ssd_jax.sampling.types import Truncation
 
 RANKS = 60
 TOP_MASS = 20
@@ -341,14 +342,12 @@ class _Blocks:
 
 def resolve(cfg: AnalysisConfig, label: DecodeSpec | None = None, evaluate: DecodeSpec | None = None) -> Settings:
     """Settings from the config; `label`/`evaluate` are the defaults for a config that leaves them null."""
-    from ssd_jax.sampling.stage import resolve_decode
-
     check(cfg)
     spec = {"label": cfg.label or label, "evaluate": cfg.evaluate or evaluate}
     for name, value in spec.items():
         if value is None:
             raise ConfigError(f"analysis.{name}: required (a decode preset or temperature/top_k/top_p)")
-    return Settings.of(cfg, resolve_decode(spec["label"]), resolve_decode(spec["evaluate"]))
+    return Settings.of(cfg, spec["label"].resolve(), spec["evaluate"].resolve())
 
 
 def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, settings: Settings) -> dict:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ssd_jax.analysis import forklock as fl
-from ssd_jax.sampling.truncation import Truncation
+from ssd_jax.sampling.types import Truncation
 
 BASE = np.array([[0.90, 0.06, 0.02, 0.01, 0.005, 0.003, 0.001, 0.001],   # a lock
                  [0.30, 0.25, 0.20, 0.15, 0.05, 0.03, 0.01, 0.01]])      # a fork
