@@ -221,7 +221,10 @@ class VllmSpec:
 
 
 @dataclass
-class SampleConfig:
+class GenerationConfig:
+    """What sampling from a model needs: the fields `sample:` and `eval:` share, declared once (eval_run hands its
+    own to the sample stage as they are)."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=ProblemSource)
     prompt: PromptConfig = field(default_factory=PromptConfig)
@@ -231,9 +234,13 @@ class SampleConfig:
     vllm: VllmSpec = field(default_factory=VllmSpec)
     batch_size: int = 8  # JAX sampler rows per batch (vLLM takes every request at once and batches itself)
     max_prompt_len: int = 2048
+    progress: bool = True
+
+
+@dataclass
+class SampleConfig(GenerationConfig):
     out: str = "runs/sample/samples.jsonl"
     round: int = 1
-    progress: bool = True
 
 
 @dataclass
@@ -273,24 +280,18 @@ class GraderSpec:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(GenerationConfig):
     """Generate `decode.n` samples per problem and grade them (defaults: ml-ssd's LCB evaluation prompt, no system
     message, n = 10 for pass@1 and pass@5)."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
+    # GenerationConfig's fields, with evaluation's defaults
     problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
     prompt: PromptConfig = field(default_factory=lambda: PromptConfig(mode="chat", template="eval", system=None))
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
-    mesh: MeshConfig = field(default_factory=MeshConfig)
-    backend: Literal["jax", "vllm"] = "jax"
-    vllm: VllmSpec = field(default_factory=VllmSpec)
-    batch_size: int = 8
-    max_prompt_len: int = 2048
     grader: GraderSpec = field(default_factory=GraderSpec)
     ks: list[int] = field(default_factory=lambda: [1, 5])
     bootstrap: int = 1000
     out_dir: str = "runs/eval"
-    progress: bool = True
 
 
 @dataclass

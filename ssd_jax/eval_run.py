@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ssd_jax import distributed
 from ssd_jax.code import extract
-from ssd_jax.config import EvalConfig, SampleConfig
+from ssd_jax.config import EvalConfig, GenerationConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
@@ -106,9 +106,9 @@ def write_lcb_output(samples: list[dict], path: Path, extraction: str = "lcb") -
 
 
 def sample_config(cfg: EvalConfig, out: Path) -> SampleConfig:
-    return SampleConfig(model=cfg.model, problems=cfg.problems, prompt=cfg.prompt, decode=cfg.decode, mesh=cfg.mesh,
-                        backend=cfg.backend, vllm=cfg.vllm, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
-                        out=str(out), round=0, progress=cfg.progress)
+    """The sample stage's config: every generation field of `cfg` as it is, writing to `out`."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(GenerationConfig)}
+    return SampleConfig(**shared, out=str(out), round=0)
 
 
 def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> dict:
