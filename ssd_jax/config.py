@@ -19,7 +19,7 @@ import yaml
 
 from ssd_jax.data.prompts import PromptConfig
 from ssd_jax.errors import ConfigError
-from ssd_jax.presets import preset
+from ssd_jax.presets import FILTER_DEFAULTS, filter_preset, preset
 from ssd_jax.sampling.types import SamplingParams, Truncation
 
 T = TypeVar("T")
@@ -296,22 +296,28 @@ class EvalConfig(GenerationConfig):
 
 @dataclass
 class FilterConfig:
-    """Which degenerate samples to drop (FACTS §1.2). Presets: paper, released, trl (see data/filters.py)."""
+    """Which degenerate samples to drop (FACTS §1.2). A preset (paper, released, trl: presets.FILTER_PRESETS) fills
+    the fields left null; a value written here always wins; without a preset, null is the default named below."""
 
     preset: str | None = None
-    drop_empty: bool = True
-    drop_single_line_stub: bool = True  # paper: drop single-line stubs (which ones: stub_rule)
-    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline = no newline at
-    # all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one non-blank line
-    # < 80 chars without a ``` fence (the MLX port of ml-ssd).
-    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] = "no_newline"
-    shortest_fraction: float = 0.0  # ml-ssd: drop the shortest 10% of responses by characters
-    trl_min_chars: int = 0  # TRL SSDTrainer: drop responses without a newline and shorter than this (10)
+    drop_empty: bool | None = None  # default true
+    drop_single_line_stub: bool | None = None  # default true; paper: drop single-line stubs (which ones: stub_rule)
+    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline (the default) = no
+    # newline at all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one
+    # non-blank line < 80 chars without a ``` fence (the MLX port of ml-ssd).
+    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] | None = None
+    shortest_fraction: float | None = None  # default 0; ml-ssd: drop the shortest 10% of responses by characters
+    trl_min_chars: int | None = None  # default 0; TRL SSDTrainer: drop responses without a newline shorter than this
     syntax: bool = False  # tree-sitter parse of the extracted code block must succeed
     syntax_parser: Literal["tree-sitter", "compile", "ast"] = "tree-sitter"
     require_code_block: bool = False
     drop_duplicates: bool = False  # exact duplicate responses (keep the first)
     strip: bool = True  # ml-ssd strips the response before training
+
+    def resolve(self) -> FilterConfig:
+        """Every preset-controlled field set: the value written here, else the preset's, else the default."""
+        fill = {**FILTER_DEFAULTS, **(filter_preset(self.preset) if self.preset else {})}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
 
 @dataclass

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ssd_jax import __version__, distributed, memory
 from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
-from ssd_jax.data.filters import run_filter, with_preset
+from ssd_jax.data.filters import run_filter
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
 from ssd_jax.evaluation.metrics import check_ks
@@ -216,7 +216,7 @@ def select_checkpoint(cfg: RunConfig, rd: Path, final, stages: Stages) -> dict:
             "step": chosen, "model": model}
 
 
-def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dict:
+def run_pipeline(cfg: RunConfig) -> dict:
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
@@ -267,7 +267,7 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
             man.set(st, "running")
             with memory.stage_peak() as filter_memory:
                 if distributed.is_writer():
-                    run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
+                    run_filter(samples, filtered, cfg.filter)
             distributed.barrier(f"filter:{filtered}")
             stats = json.loads((rd / "filter_stats.json").read_text())
             if stats["kept"] == 0:
