@@ -192,6 +192,14 @@ class DecodeSpec:
             raise ConfigError(f"decode: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {t}")
         return t
 
+    def under(self, section: dict) -> dict:
+        """This decode as the starting values of a partial `section` written over it (RunConfig.base_eval_decode
+        over eval.decode): a section that names a preset takes that preset's truncation, not this one's overrides."""
+        start = dataclasses.asdict(self)
+        if "preset" in section:
+            start.update(temperature=None, top_k=None, top_p=None)
+        return start
+
     def params(self) -> SamplingParams:
         """The sampler's per-request settings."""
         t = self.resolve()
@@ -360,31 +368,44 @@ class AnalysisConfig:
     html_responses: int = 4  # responses shown token by token in forklock.html
 
 
+def _run_sets(**owned: str) -> dict:
+    """Field metadata of a RunConfig stage section: its keys (dotted, `__` for `.`) that `ssd-jax run` sets for
+    every stage, each from the top-level key named. The loader refuses them in the section (they would be dropped)."""
+    return {"run_sets": {k.replace("__", "."): top for k, top in owned.items()}}
+
+
 @dataclass
 class RunConfig:
     """The whole SSD pipeline (`ssd-jax run`): per round, sample → filter → train → evaluate.
 
-    `model` is the starting checkpoint and the dtypes for every stage; each section's own `model`/`out` paths are
-    filled in by the pipeline (round r samples from round r−1's export). `eval_base` evaluates the starting model
-    at `base_eval_decode` (paper Table 4) so the run folder holds both sides of the comparison."""
+    `model` is the starting checkpoint and the dtypes for every stage, `mesh` every stage's mesh, `out_dir` the
+    folder every stage writes under (round r samples from round r−1's export): a stage section may not set these
+    itself (see `_run_sets`). `eval_base` evaluates the starting model at `base_eval_decode` (paper Table 4) so the
+    run folder holds both sides of the comparison."""
 
     name: str = "ssd"
     out_dir: str = ""  # default runs/<name>
     rounds: int = 1
     model: ModelSpec = field(default_factory=ModelSpec)
     mesh: MeshConfig = field(default_factory=MeshConfig)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig,
+                                 metadata=_run_sets(model="model", mesh="mesh", out="out_dir", round="rounds"))
     filter: FilterConfig = field(default_factory=lambda: FilterConfig(preset="paper"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig,
+                               metadata=_run_sets(model="model", mesh="mesh", out_dir="out_dir",
+                                                  data__train_file="out_dir"))
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata=_run_sets(model="model", mesh="mesh",
+                                                                            out_dir="out_dir"))
     eval_base: bool = True
     # Each stage in a process of its own: JAX holds the GPU memory it took (75% by default) until its process
     # exits, so vLLM cannot start beside a JAX stage in one process. auto: when sample or eval runs on vLLM.
     stage_processes: Literal["auto", "always", "never"] = "auto"
     select: CheckpointSelection = field(default_factory=CheckpointSelection)
-    # default: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode
-    base_eval_decode: DecodeSpec | None = None
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # Unset: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode. A partial
+    # section starts from eval.decode (naming a preset drops eval.decode's explicit temperature/top_k/top_p).
+    base_eval_decode: DecodeSpec | None = field(default=None, metadata={"inherit": "eval.decode"})
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata=_run_sets(mesh="mesh",
+                                                                                        dtype="model.dtype"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -438,19 +459,49 @@ def _coerce(value: Any, tp, where: str):
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`."""
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`.
+    A partial section keeps its field's defaults, or (field metadata `inherit`) another field's values."""
     hints = typing.get_type_hints(cls)
     _check_keys(cls, data, where)
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
-    kwargs = {}
-    for k, v in data.items():
-        d = defaults.get(k)
-        if dataclasses.is_dataclass(d) and isinstance(v, dict):
-            _check_keys(type(d), v, f"{where}.{k}")
-            v = _deep_merge(dataclasses.asdict(d), v)  # a partial section keeps this class's own defaults
-        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict = {}
+    for k in sorted(data, key=lambda k: "inherit" in fields[k].metadata):  # after the field they inherit from
+        v, at = data[k], f"{where}.{k}"
+        _refuse_run_owned(v, fields[k].metadata.get("run_sets", {}), at)
+        start = _section_start(cls, fields[k], kwargs)
+        if start is not None and isinstance(v, dict):
+            _check_keys(type(start), v, at)
+            v = _deep_merge(start.under(v) if "inherit" in fields[k].metadata else dataclasses.asdict(start), v)
+        kwargs[k] = _coerce(v, hints[k], at)
     return cls(**kwargs)
+
+
+def _section_start(cls, f: dataclasses.Field, built: dict):
+    """What a partial section `f` is written over: the field named by its `inherit` metadata (as built from the
+    data, else its default), else `f`'s own default; None for a field without a dataclass default."""
+    head, *rest = f.metadata.get("inherit", f.name).split(".")
+    if head in built:
+        obj = built[head]
+    else:
+        default = next(g for g in dataclasses.fields(cls) if g.name == head).default_factory
+        obj = default() if default is not dataclasses.MISSING else None
+    for name in rest:
+        obj = getattr(obj, name)
+    return obj if dataclasses.is_dataclass(obj) else None
+
+
+def _refuse_run_owned(value, owned: dict[str, str], where: str) -> None:
+    """A RunConfig stage section setting a key `ssd-jax run` sets itself (it would be silently replaced)."""
+    for key, top in owned.items():
+        node = value
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            raise ConfigError(f"{where}.{key}: set by `ssd-jax run` from the top-level `{top}` (a value here would "
+                              f"be ignored); set `{top}` instead")
+
+
+_ABSENT = object()
 
 
 def _check_keys(cls, data: dict, where: str) -> None:
@@ -468,7 +519,16 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as YAML-ready data, without the section keys a run sets itself (so the file loads back)."""
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        for key in f.metadata.get("run_sets", {}):
+            *parents, last = key.split(".")
+            node = out[f.name]
+            for p in parents:
+                node = node[p]
+            node.pop(last)
+    return out
 
 
 def apply_overrides(data: dict, overrides: list[str], where: str = "--set") -> dict:
