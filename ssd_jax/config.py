@@ -63,7 +63,7 @@ class ModelSpec:
         return opts
 
 
-@dataclass(frozen=True)
+@dataclass
 class MeshConfig:
     """Device mesh axis sizes (sharding.py builds the mesh; the axes are these fields, in order). One of them may
     be -1 to take the remaining devices. It lives here, not in sharding.py, so loading a config never imports JAX."""

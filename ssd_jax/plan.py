@@ -246,6 +246,8 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str
 def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config: str | None = None,
          hbm_gb: float | None = None) -> dict:
     """The whole report (JSON-ready); `hbm_gb` judges against that much memory instead of the kind's."""
+    from ssd_jax.pipeline import round_configs
+
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"--device-kind {device_kind!r}: expected one of {', '.join(DEVICE_KINDS)}")
     kind = DEVICE_KINDS[device_kind]
@@ -254,7 +256,7 @@ def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config:
             raise ConfigError(f"--hbm-gb {hbm_gb}: expected a positive number of GB")
         kind = replace(kind, hbm_bytes=hbm_gb * GB)
     model_dir = hf_config_dir(cfg.model.path, hf_config)
-    train_cfg = replace(cfg.train, model=cfg.model, mesh=cfg.mesh)
+    train_cfg = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path).train  # what the run's training is given
     report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
               "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
               "train": plan_train(train_cfg, model_dir, devices, kind),
