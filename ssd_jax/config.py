@@ -490,6 +490,9 @@ def _section_start(cls, f: dataclasses.Field, built: dict):
     return obj if dataclasses.is_dataclass(obj) else None
 
 
+_ABSENT = object()
+
+
 def _refuse_run_owned(value, owned: dict[str, str], where: str) -> None:
     """A RunConfig stage section setting a key `ssd-jax run` sets itself (it would be silently replaced)."""
     for key, top in owned.items():
@@ -499,9 +502,6 @@ def _refuse_run_owned(value, owned: dict[str, str], where: str) -> None:
         if node is not _ABSENT:
             raise ConfigError(f"{where}.{key}: set by `ssd-jax run` from the top-level `{top}` (a value here would "
                               f"be ignored); set `{top}` instead")
-
-
-_ABSENT = object()
 
 
 def _check_keys(cls, data: dict, where: str) -> None:
