@@ -161,7 +161,8 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
     m = M.compute_metrics(graded, groups, ks=cfg.ks, n_boot=cfg.bootstrap)  # a k above some problem's n: refused
     isolation = sorted({g["isolation"] for g in graded})
     humaneval = cfg.problems.kind == "humaneval"
-    doc = M.write_metrics_json(out / "metrics.json", m, model=cfg.model.path, decode=cfg.decode.record(), n=cfg.decode.n,
+    doc = M.write_metrics_json(out / "metrics.json", m, model=cfg.model.path, decode=cfg.decode.record(),
+                               n=cfg.decode.n,
                                grader_mode="humaneval" if humaneval else cfg.grader.mode,
                                isolation=",".join(isolation),
                                timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,
