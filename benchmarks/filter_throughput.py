@@ -17,7 +17,7 @@ import time
 
 from ssd_jax.code import extract_code, syntax_ok
 from ssd_jax.config import FilterConfig
-from ssd_jax.data.filters import PRESETS, filter_samples
+from ssd_jax.data.filters import filter_samples
 
 
 def corpus(n: int) -> list[dict]:
@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
     samples = corpus(args.n)
     codes = [extract_code(s["response"]) for s in samples]
-    cfg = FilterConfig(**PRESETS["paper"], syntax=True)
+    cfg = FilterConfig(preset="paper", syntax=True)
     syntax_ok("x = 1")  # build the parser outside the timing
     t_parse = best_of(lambda: [syntax_ok(c, "tree-sitter") for c in codes], args.repeat)
     t_filter = best_of(lambda: filter_samples(samples, cfg), args.repeat)

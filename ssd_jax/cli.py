@@ -102,14 +102,10 @@ def cmd_sample(args) -> int:
 
 
 def cmd_filter(args) -> int:
-    from ssd_jax.config import FilterConfig, apply_overrides, from_dict, load_yaml
-    from ssd_jax.data.filters import run_filter, with_preset
+    from ssd_jax.config import FilterConfig, load_config
+    from ssd_jax.data.filters import run_filter
 
-    data = load_yaml(args.config) if args.config else {}
-    if args.preset:
-        data["preset"] = args.preset
-    data = apply_overrides(data, args.set or [])
-    cfg = with_preset(from_dict(FilterConfig, data, str(args.config or "filter")), set(data) - {"preset"})
+    cfg = load_config(FilterConfig, args.config, ([f"preset={args.preset}"] if args.preset else []) + (args.set or []))
     stats = run_filter(args.samples, args.out, cfg)
     print(f"kept {stats['kept']}/{stats['total']}; dropped {stats['by_reason']} → {args.out}")
     return 0
@@ -148,12 +144,10 @@ def cmd_baselines(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ssd_jax.config import RunConfig, apply_overrides, from_dict, load_yaml
+    from ssd_jax.config import RunConfig, load_config
     from ssd_jax.pipeline import run_pipeline
 
-    data = apply_overrides(load_yaml(args.config) if args.config else {}, args.set or [])
-    cfg = from_dict(RunConfig, data, str(args.config or "run"))
-    res = run_pipeline(cfg, explicit_filter=set((data.get("filter") or {})) - {"preset"})
+    res = run_pipeline(load_config(RunConfig, args.config, args.set or []))
     base = res.get("base")
     if base:
         print("base  " + ", ".join(f"{k} {v:.2%}" for k, v in base.items() if k.startswith("pass@") and "ci" not in k))

@@ -7,6 +7,7 @@ Command-line overrides use the same dotted keys: `--set optim.peak_lr=1e-5` (val
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -16,7 +17,10 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from ssd_jax.data.prompts import PromptConfig
 from ssd_jax.errors import ConfigError
+from ssd_jax.presets import FILTER_DEFAULTS, filter_preset, preset
+from ssd_jax.sampling.types import SamplingParams, Truncation
 
 T = TypeVar("T")
 
@@ -60,11 +64,28 @@ class ModelSpec:
 
 
 @dataclass
-class MeshSpec:
+class MeshConfig:
+    """Device mesh axis sizes (sharding.py builds the mesh; the axes are these fields, in order). One of them may
+    be -1 to take the remaining devices. It lives here, not in sharding.py, so loading a config never imports JAX."""
+
     data: int = 1
     fsdp: int = -1
     tensor: int = 1
     expert: int = 1
+
+    def shape(self, n_devices: int) -> tuple[int, ...]:
+        axes = dataclasses.asdict(self)
+        sizes = list(axes.values())
+        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise ConfigError(f"mesh {sizes}: each axis must be a positive size, at most one of them -1")
+        known = math.prod(s for s in sizes if s != -1)
+        if -1 in sizes:
+            if n_devices % known:
+                raise ConfigError(f"mesh {axes}: {n_devices} devices not divisible by {known}")
+            sizes[sizes.index(-1)] = n_devices // known
+        if math.prod(sizes) != n_devices:
+            raise ConfigError(f"mesh {dict(zip(axes, sizes))} needs {math.prod(sizes)} devices; {n_devices} present")
+        return tuple(sizes)
 
 
 @dataclass
@@ -106,7 +127,7 @@ class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: SFTDataConfig = field(default_factory=SFTDataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     out_dir: str = "runs/train"
     global_batch: int = 32  # rows (packed sequences) per optimizer step
     micro_batch: int = 0  # rows per forward/backward; 0 = global_batch (no accumulation)
@@ -150,16 +171,6 @@ class ProblemSource:
 
 
 @dataclass
-class PromptSpec:
-    mode: Literal["chat", "raw"] = "chat"
-    template: Literal["train", "eval"] = "train"
-    system: str | None = "default"  # "default" = prompts.DEFAULT_SYSTEM; null = no system message
-    # raw mode, train template: end the stdin prompt with the newline ml-ssd's .j2 file has (its generator sends it);
-    # false = the stripped text. SFT records and chat turns always hold the stripped prompt, as ml-ssd's JSONL.
-    raw_stdin_newline: bool = True
-
-
-@dataclass
 class DecodeSpec:
     """A named preset (presets.py) or explicit values; explicit values override the preset's."""
 
@@ -171,6 +182,35 @@ class DecodeSpec:
     seed: int = 0
     n: int = 1  # samples per problem (SSD: 1; evaluation: 10)
     stop: list[str] = field(default_factory=list)
+
+    def resolve(self) -> Truncation:
+        """The truncation in force: the preset's values (no preset: T 1, no top-k, no top-p) under explicit ones."""
+        base = preset(self.preset) if self.preset else Truncation(1.0, 0, 1.0)
+        t = Truncation(**{k: getattr(base if getattr(self, k) is None else self, k)
+                          for k in ("temperature", "top_k", "top_p")})
+        if t.temperature < 0 or not 0 < t.top_p <= 1 or t.top_k < 0:
+            raise ConfigError(f"decode: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {t}")
+        return t
+
+    def under(self, section: dict) -> dict:
+        """This decode as the starting values of a partial `section` written over it (RunConfig.base_eval_decode
+        over eval.decode): a section that names a preset takes that preset's truncation, not this one's overrides."""
+        start = dataclasses.asdict(self)
+        if "preset" in section:
+            start.update(temperature=None, top_k=None, top_p=None)
+        return start
+
+    def params(self) -> SamplingParams:
+        """The sampler's per-request settings."""
+        t = self.resolve()
+        return SamplingParams(temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, max_tokens=self.max_tokens,
+                              seed=self.seed, stop=tuple(self.stop))
+
+    def record(self) -> dict:
+        """What the sample manifest and metrics.json record: the resolved truncation, and what named it."""
+        t = self.resolve()
+        return {"temperature": t.temperature, "top_k": t.top_k, "top_p": t.top_p, "max_tokens": self.max_tokens,
+                "seed": self.seed, "preset": self.preset}
 
 
 @dataclass
@@ -189,19 +229,26 @@ class VllmSpec:
 
 
 @dataclass
-class SampleConfig:
+class GenerationConfig:
+    """What sampling from a model needs: the fields `sample:` and `eval:` share, declared once (eval_run hands its
+    own to the sample stage as they are)."""
+
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=ProblemSource)
-    prompt: PromptSpec = field(default_factory=PromptSpec)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
     decode: DecodeSpec = field(default_factory=DecodeSpec)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"
     vllm: VllmSpec = field(default_factory=VllmSpec)
     batch_size: int = 8  # JAX sampler rows per batch (vLLM takes every request at once and batches itself)
     max_prompt_len: int = 2048
+    progress: bool = True
+
+
+@dataclass
+class SampleConfig(GenerationConfig):
     out: str = "runs/sample/samples.jsonl"
     round: int = 1
-    progress: bool = True
 
 
 @dataclass
@@ -241,44 +288,44 @@ class GraderSpec:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(GenerationConfig):
     """Generate `decode.n` samples per problem and grade them (defaults: ml-ssd's LCB evaluation prompt, no system
     message, n = 10 for pass@1 and pass@5)."""
 
-    model: ModelSpec = field(default_factory=ModelSpec)
+    # GenerationConfig's fields, with evaluation's defaults
     problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
-    prompt: PromptSpec = field(default_factory=lambda: PromptSpec(mode="chat", template="eval", system=None))
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(mode="chat", template="eval", system=None))
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
-    mesh: MeshSpec = field(default_factory=MeshSpec)
-    backend: Literal["jax", "vllm"] = "jax"
-    vllm: VllmSpec = field(default_factory=VllmSpec)
-    batch_size: int = 8
-    max_prompt_len: int = 2048
     grader: GraderSpec = field(default_factory=GraderSpec)
     ks: list[int] = field(default_factory=lambda: [1, 5])
     bootstrap: int = 1000
     out_dir: str = "runs/eval"
-    progress: bool = True
 
 
 @dataclass
 class FilterConfig:
-    """Which degenerate samples to drop (FACTS §1.2). Presets: paper, released, trl (see data/filters.py)."""
+    """Which degenerate samples to drop (FACTS §1.2). A preset (paper, released, trl: presets.FILTER_PRESETS) fills
+    the fields left null; a value written here always wins; without a preset, null is the default named below."""
 
     preset: str | None = None
-    drop_empty: bool = True
-    drop_single_line_stub: bool = True  # paper: drop single-line stubs (which ones: stub_rule)
-    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline = no newline at
-    # all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one non-blank line
-    # < 80 chars without a ``` fence (the MLX port of ml-ssd).
-    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] = "no_newline"
-    shortest_fraction: float = 0.0  # ml-ssd: drop the shortest 10% of responses by characters
-    trl_min_chars: int = 0  # TRL SSDTrainer: drop responses without a newline and shorter than this (10)
+    drop_empty: bool | None = None  # default true
+    drop_single_line_stub: bool | None = None  # default true; paper: drop single-line stubs (which ones: stub_rule)
+    # What a "single-line stub" is (the paper does not say), on the stripped response: no_newline (the default) = no
+    # newline at all (the broadest, ssd-jax's reading); trl_10 = no newline and < 10 chars (TRL); mlx_80 = one
+    # non-blank line < 80 chars without a ``` fence (the MLX port of ml-ssd).
+    stub_rule: Literal["no_newline", "trl_10", "mlx_80"] | None = None
+    shortest_fraction: float | None = None  # default 0; ml-ssd: drop the shortest 10% of responses by characters
+    trl_min_chars: int | None = None  # default 0; TRL SSDTrainer: drop responses without a newline shorter than this
     syntax: bool = False  # tree-sitter parse of the extracted code block must succeed
     syntax_parser: Literal["tree-sitter", "compile", "ast"] = "tree-sitter"
     require_code_block: bool = False
     drop_duplicates: bool = False  # exact duplicate responses (keep the first)
     strip: bool = True  # ml-ssd strips the response before training
+
+    def resolve(self) -> FilterConfig:
+        """Every preset-controlled field set: the value written here, else the preset's, else the default."""
+        fill = {**FILTER_DEFAULTS, **(filter_preset(self.preset) if self.preset else {})}
+        return dataclasses.replace(self, **{k: v for k, v in fill.items() if getattr(self, k) is None})
 
 
 @dataclass
@@ -306,7 +353,7 @@ class AnalysisConfig:
     the run's sampling and evaluation decodes."""
 
     enabled: bool = True  # `ssd-jax run`: analyse base vs each round's model
-    mesh: MeshSpec = field(default_factory=MeshSpec)  # both models are loaded onto it (in a run: the run's mesh)
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # both models are loaded onto it (in a run: the run's mesh)
     dtype: Literal["float32", "bfloat16"] = "float32"  # weights and compute; statistics are fp32 either way
     label: DecodeSpec | None = None
     evaluate: DecodeSpec | None = None
@@ -321,31 +368,44 @@ class AnalysisConfig:
     html_responses: int = 4  # responses shown token by token in forklock.html
 
 
+def _run_sets(**owned: str) -> dict:
+    """Field metadata of a RunConfig stage section: its keys (dotted, `__` for `.`) that `ssd-jax run` sets for
+    every stage, each from the top-level key named. The loader refuses them in the section (they would be dropped)."""
+    return {"run_sets": {k.replace("__", "."): top for k, top in owned.items()}}
+
+
 @dataclass
 class RunConfig:
     """The whole SSD pipeline (`ssd-jax run`): per round, sample → filter → train → evaluate.
 
-    `model` is the starting checkpoint and the dtypes for every stage; each section's own `model`/`out` paths are
-    filled in by the pipeline (round r samples from round r−1's export). `eval_base` evaluates the starting model
-    at `base_eval_decode` (paper Table 4) so the run folder holds both sides of the comparison."""
+    `model` is the starting checkpoint and the dtypes for every stage, `mesh` every stage's mesh, `out_dir` the
+    folder every stage writes under (round r samples from round r−1's export): a stage section may not set these
+    itself (see `_run_sets`). `eval_base` evaluates the starting model at `base_eval_decode` (paper Table 4) so the
+    run folder holds both sides of the comparison."""
 
     name: str = "ssd"
     out_dir: str = ""  # default runs/<name>
     rounds: int = 1
     model: ModelSpec = field(default_factory=ModelSpec)
-    mesh: MeshSpec = field(default_factory=MeshSpec)
-    sample: SampleConfig = field(default_factory=SampleConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig,
+                                 metadata=_run_sets(model="model", mesh="mesh", out="out_dir", round="rounds"))
     filter: FilterConfig = field(default_factory=lambda: FilterConfig(preset="paper"))
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    train: TrainConfig = field(default_factory=TrainConfig,
+                               metadata=_run_sets(model="model", mesh="mesh", out_dir="out_dir",
+                                                  data__train_file="out_dir"))
+    eval: EvalConfig = field(default_factory=EvalConfig, metadata=_run_sets(model="model", mesh="mesh",
+                                                                            out_dir="out_dir"))
     eval_base: bool = True
     # Each stage in a process of its own: JAX holds the GPU memory it took (75% by default) until its process
     # exits, so vLLM cannot start beside a JAX stage in one process. auto: when sample or eval runs on vLLM.
     stage_processes: Literal["auto", "always", "never"] = "auto"
     select: CheckpointSelection = field(default_factory=CheckpointSelection)
-    # default: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode
-    base_eval_decode: DecodeSpec | None = None
-    analysis: AnalysisConfig = field(default_factory=AnalysisConfig)
+    # Unset: `<model>/base-eval` (Table 4) when eval.decode.preset is `<model>/eval`, else eval.decode. A partial
+    # section starts from eval.decode (naming a preset drops eval.decode's explicit temperature/top_k/top_p).
+    base_eval_decode: DecodeSpec | None = field(default=None, metadata={"inherit": "eval.decode"})
+    analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata=_run_sets(mesh="mesh",
+                                                                                        dtype="model.dtype"))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -399,19 +459,49 @@ def _coerce(value: Any, tp, where: str):
 
 
 def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
-    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`."""
+    """Build dataclass `cls` from a mapping; unknown keys and wrong types raise ConfigError naming `where.key`.
+    A partial section keeps its field's defaults, or (field metadata `inherit`) another field's values."""
     hints = typing.get_type_hints(cls)
     _check_keys(cls, data, where)
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls)
-                if f.default_factory is not dataclasses.MISSING}
-    kwargs = {}
-    for k, v in data.items():
-        d = defaults.get(k)
-        if dataclasses.is_dataclass(d) and isinstance(v, dict):
-            _check_keys(type(d), v, f"{where}.{k}")
-            v = _deep_merge(dataclasses.asdict(d), v)  # a partial section keeps this class's own defaults
-        kwargs[k] = _coerce(v, hints[k], f"{where}.{k}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict = {}
+    for k in sorted(data, key=lambda k: "inherit" in fields[k].metadata):  # after the field they inherit from
+        v, at = data[k], f"{where}.{k}"
+        _refuse_run_owned(v, fields[k].metadata.get("run_sets", {}), at)
+        start = _section_start(cls, fields[k], kwargs)
+        if start is not None and isinstance(v, dict):
+            _check_keys(type(start), v, at)
+            v = _deep_merge(start.under(v) if "inherit" in fields[k].metadata else dataclasses.asdict(start), v)
+        kwargs[k] = _coerce(v, hints[k], at)
     return cls(**kwargs)
+
+
+def _section_start(cls, f: dataclasses.Field, built: dict):
+    """What a partial section `f` is written over: the field named by its `inherit` metadata (as built from the
+    data, else its default), else `f`'s own default; None for a field without a dataclass default."""
+    head, *rest = f.metadata.get("inherit", f.name).split(".")
+    if head in built:
+        obj = built[head]
+    else:
+        default = next(g for g in dataclasses.fields(cls) if g.name == head).default_factory
+        obj = default() if default is not dataclasses.MISSING else None
+    for name in rest:
+        obj = getattr(obj, name)
+    return obj if dataclasses.is_dataclass(obj) else None
+
+
+_ABSENT = object()
+
+
+def _refuse_run_owned(value, owned: dict[str, str], where: str) -> None:
+    """A RunConfig stage section setting a key `ssd-jax run` sets itself (it would be silently replaced)."""
+    for key, top in owned.items():
+        node = value
+        for part in key.split("."):
+            node = node.get(part, _ABSENT) if isinstance(node, dict) else _ABSENT
+        if node is not _ABSENT:
+            raise ConfigError(f"{where}.{key}: set by `ssd-jax run` from the top-level `{top}` (a value here would "
+                              f"be ignored); set `{top}` instead")
 
 
 def _check_keys(cls, data: dict, where: str) -> None:
@@ -429,7 +519,16 @@ def _deep_merge(base: dict, over: dict) -> dict:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as YAML-ready data, without the section keys a run sets itself (so the file loads back)."""
+    out = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        for key in f.metadata.get("run_sets", {}):
+            *parents, last = key.split(".")
+            node = out[f.name]
+            for p in parents:
+                node = node[p]
+            node.pop(last)
+    return out
 
 
 def apply_overrides(data: dict, overrides: list[str], where: str = "--set") -> dict:

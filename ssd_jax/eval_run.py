@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 
 from ssd_jax import distributed
 from ssd_jax.code import extract
-from ssd_jax.config import EvalConfig, SampleConfig
+from ssd_jax.config import EvalConfig, GenerationConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
@@ -30,7 +30,7 @@ from ssd_jax.evaluation.pool import WorkerPool
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
-from ssd_jax.sampling.stage import load_problems, resolve_decode, run_sample, sample_key
+from ssd_jax.sampling.stage import load_problems, run_sample, sample_key
 
 
 def check_gradable(problems: dict[str, Problem], samples: list[dict], where: str) -> None:
@@ -106,9 +106,9 @@ def write_lcb_output(samples: list[dict], path: Path, extraction: str = "lcb") -
 
 
 def sample_config(cfg: EvalConfig, out: Path) -> SampleConfig:
-    return SampleConfig(model=cfg.model, problems=cfg.problems, prompt=cfg.prompt, decode=cfg.decode, mesh=cfg.mesh,
-                        backend=cfg.backend, vllm=cfg.vllm, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
-                        out=str(out), round=0, progress=cfg.progress)
+    """The sample stage's config: every generation field of `cfg` as it is, writing to `out`."""
+    shared = {f.name: getattr(cfg, f.name) for f in fields(GenerationConfig)}
+    return SampleConfig(**shared, out=str(out), round=0)
 
 
 def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> dict:
@@ -159,12 +159,10 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
     graded = grade_samples(samples, problems, out / "graded.jsonl", cfg)
     groups = {pid: {"difficulty": p.difficulty, "platform": p.platform} for pid, p in problems.items()}
     m = M.compute_metrics(graded, groups, ks=cfg.ks, n_boot=cfg.bootstrap)  # a k above some problem's n: refused
-    trunc = resolve_decode(cfg.decode)
-    decode = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
-              "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
     isolation = sorted({g["isolation"] for g in graded})
     humaneval = cfg.problems.kind == "humaneval"
-    doc = M.write_metrics_json(out / "metrics.json", m, model=cfg.model.path, decode=decode, n=cfg.decode.n,
+    doc = M.write_metrics_json(out / "metrics.json", m, model=cfg.model.path, decode=cfg.decode.record(),
+                               n=cfg.decode.n,
                                grader_mode="humaneval" if humaneval else cfg.grader.mode,
                                isolation=",".join(isolation),
                                timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,

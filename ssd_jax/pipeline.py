@@ -22,12 +22,13 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ssd_jax import __version__, distributed, memory
-from ssd_jax.config import AnalysisConfig, DecodeSpec, RunConfig, dump_yaml
-from ssd_jax.data.filters import run_filter, with_preset
+from ssd_jax.config import (AnalysisConfig, DecodeSpec, EvalConfig, FilterConfig, RunConfig, SampleConfig, TrainConfig,
+                            dump_yaml)
+from ssd_jax.data.filters import run_filter
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
 from ssd_jax.evaluation.metrics import check_ks
@@ -192,8 +193,44 @@ def check_selection(cfg: RunConfig) -> None:
         raise ConfigError(f"select.metric={sel.metric!r}: expected pass@k")
 
 
-def select_checkpoint(cfg: RunConfig, rd: Path, final, stages: Stages) -> dict:
-    """Export and evaluate the candidate checkpoints of round folder `rd`; return the select stage's record."""
+@dataclass(frozen=True)
+class RoundConfigs:
+    """What round r's sample, filter, train and analysis stages are given (its evaluations: `eval_config`)."""
+
+    sample: SampleConfig
+    filter: FilterConfig
+    train: TrainConfig
+    analysis: AnalysisConfig
+
+
+def round_configs(cfg: RunConfig, root: Path, r: int, start: str) -> RoundConfigs:
+    """Round r's stage configs from checkpoint `start` (the run's model in round 1, else round r−1's): each section
+    as written, plus what the run sets itself (RunConfig's `_run_sets` fields). Pure: nothing runs or is read."""
+    rd, model, a = root / f"round-{r}", replace(cfg.model, path=start), cfg.analysis
+    return RoundConfigs(
+        sample=replace(cfg.sample, model=model, mesh=cfg.mesh, out=str(rd / "samples.jsonl"), round=r),
+        filter=cfg.filter.resolve(),
+        train=replace(cfg.train, model=model, mesh=cfg.mesh, out_dir=str(rd / "train"),
+                      data=replace(cfg.train.data, train_file=str(rd / "filtered.jsonl"))),
+        analysis=replace(a, mesh=cfg.mesh, dtype=cfg.model.dtype, label=a.label or cfg.sample.decode,
+                         evaluate=a.evaluate or cfg.eval.decode))
+
+
+def eval_config(cfg: RunConfig, model: str, out_dir: Path, decode: DecodeSpec | None = None) -> EvalConfig:
+    """Every evaluation the run does (base model, each round's model, checkpoint candidates): the `eval` section at
+    checkpoint `model` with the run's model settings and mesh, at `decode` (default eval.decode)."""
+    return replace(cfg.eval, model=replace(cfg.model, path=model), mesh=cfg.mesh, out_dir=str(out_dir),
+                   decode=decode or cfg.eval.decode)
+
+
+def base_eval_config(cfg: RunConfig, root: Path) -> EvalConfig:
+    """The starting model's evaluation (`eval_base`), at `base_eval_decode(cfg)`."""
+    return eval_config(cfg, cfg.model.path, root / "base-eval", base_eval_decode(cfg))
+
+
+def select_checkpoint(cfg: RunConfig, rd: Path, final: str, stages: Stages) -> dict:
+    """Export and evaluate the candidate checkpoints of round folder `rd` (`final`: the last one's export); return
+    the select stage's record."""
     sel = cfg.select
     ckpt = TrainCheckpointer(rd / "train" / "checkpoints", every=1, keep=10**9, async_save=False)
     steps = sorted(ckpt.all_steps())
@@ -201,33 +238,39 @@ def select_checkpoint(cfg: RunConfig, rd: Path, final, stages: Stages) -> dict:
     candidates = sorted({s for i, s in enumerate(steps, 1) if i % sel.every == 0} | {steps[-1]})
     scores: dict[int, float] = {}
     for step in candidates:
-        model = final if step == steps[-1] else replace(final, path=str(rd / "train" / f"export-step-{step}"))
+        model = final if step == steps[-1] else str(rd / "train" / f"export-step-{step}")
         if step != steps[-1]:
-            stages.export(rd / "train", step, Path(model.path), cfg.train.export_dtype)
-        on = cfg.eval if sel.protocol == "best_on_eval" else replace(cfg.eval, problems=sel.heldout)
-        doc = stages.eval(replace(on, model=model, mesh=cfg.mesh, out_dir=str(rd / "select" / f"step-{step}")))
+            stages.export(rd / "train", step, Path(model), cfg.train.export_dtype)
+        ev = eval_config(cfg, model, rd / "select" / f"step-{step}")
+        doc = stages.eval(ev if sel.protocol == "best_on_eval" else replace(ev, problems=sel.heldout))
         overall = doc["metrics"]["overall"]
         if sel.metric not in overall:
             raise ConfigError(f"select.metric={sel.metric!r}: the evaluation reports {sorted(overall)}")
         scores[step] = float(overall[sel.metric])
     chosen = max(candidates, key=lambda s: (scores[s], s))
-    model = final.path if chosen == steps[-1] else str(rd / "train" / f"export-step-{chosen}")
+    model = final if chosen == steps[-1] else str(rd / "train" / f"export-step-{chosen}")
     return {"protocol": sel.protocol, "metric": sel.metric, "scores": {str(s): v for s, v in scores.items()},
             "step": chosen, "model": model}
 
 
-def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dict:
+def check_run(cfg: RunConfig) -> None:
+    """Refuse a run that would fail late, before hours of sampling and training."""
     if cfg.rounds < 1:
         raise ConfigError(f"rounds={cfg.rounds}: expected at least 1")
     check_selection(cfg)
+    cfg.filter.resolve()  # an unknown filter preset
     # every round ends in grading: refuse before sampling/training
     check_isolation(cfg.eval.grader.isolation, launch=cfg.eval.grader.launch)
-    check_ks(cfg.eval.ks, cfg.eval.decode.n, "eval.ks", "eval.decode.n")  # before hours of sampling, not after
+    check_ks(cfg.eval.ks, cfg.eval.decode.n, "eval.ks", "eval.decode.n")
     if cfg.eval_base:
         key = "base_eval_decode.n" if cfg.base_eval_decode is not None else "eval.decode.n"
         check_ks(cfg.eval.ks, base_eval_decode(cfg).n, "eval.ks", key)
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
+
+
+def run_pipeline(cfg: RunConfig) -> dict:
+    check_run(cfg)
     stages = Stages(separate_processes(cfg))
     if stages.separate and (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SSD_JAX_DISTRIBUTED")):
         raise ConfigError("a multi-process `ssd-jax run` cannot yet run its stages in child processes: set "
@@ -240,78 +283,16 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
         dump_yaml(cfg, root / "config.yaml")
     man = Manifest(root / "manifest.json", cfg)
     results: dict = {"run": str(root), "rounds": []}
-
     if cfg.eval_base:
-        decode = base_eval_decode(cfg)
-        ev = replace(cfg.eval, model=cfg.model, mesh=cfg.mesh, decode=decode, out_dir=str(root / "base-eval"))
         man.set("base-eval", "running")
-        doc = stages.eval(ev)
+        doc = stages.eval(base_eval_config(cfg, root))
         man.set("base-eval", "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
                 memory=stages.memory)
         results["base"] = doc["metrics"]["overall"]
-
-    current = cfg.model
+    start = cfg.model.path
     for r in range(1, cfg.rounds + 1):
-        rd = root / f"round-{r}"
-        rd.mkdir(exist_ok=True)
-        samples, filtered = rd / "samples.jsonl", rd / "filtered.jsonl"
-        st = f"round-{r}/sample"
-        if not man.done(st):
-            man.set(st, "running", model=current.path)
-            m = stages.sample(replace(cfg.sample, model=current, mesh=cfg.mesh, out=str(samples), round=r),
-                              rd / "sample.yaml")
-            man.set(st, "done", samples=m["samples"], finish_reasons=m["finish_reasons"], problems=m["problems"],
-                    memory=stages.memory)
-        st = f"round-{r}/filter"
-        if not man.done(st):
-            man.set(st, "running")
-            with memory.stage_peak() as filter_memory:
-                if distributed.is_writer():
-                    run_filter(samples, filtered, with_preset(cfg.filter, explicit_filter))
-            distributed.barrier(f"filter:{filtered}")
-            stats = json.loads((rd / "filter_stats.json").read_text())
-            if stats["kept"] == 0:
-                reasons = man.doc["stages"].get(f"round-{r}/sample", {}).get("finish_reasons")
-                raise UserError(f"{filtered}: the filter kept 0 of {stats['total']} samples (dropped "
-                                f"{ {k: v for k, v in stats['by_reason'].items() if v} }; sampling finish reasons "
-                                f"{reasons}; a prompt longer than sample.max_prompt_len ends as prompt_too_long)")
-            man.set(st, "done", kept=stats["kept"], total=stats["total"], by_reason=stats["by_reason"],
-                    memory=filter_memory)
-        st = f"round-{r}/train"
-        tcfg = replace(cfg.train, model=current, mesh=cfg.mesh, out_dir=str(rd / "train"),
-                       data=replace(cfg.train.data, train_file=str(filtered)))
-        if not man.done(st):
-            man.set(st, "running")
-            summary = stages.train(tcfg)
-            man.set(st, "done", final=summary["final"], export=summary["export"], passes=summary.get("passes"),
-                    memory=stages.memory)
-        export = str(rd / "train" / "export")
-        if cfg.select.protocol != "final":
-            st = f"round-{r}/select"
-            if not man.done(st):
-                man.set(st, "running")
-                man.set(st, "done", **select_checkpoint(cfg, rd, replace(current, path=export), stages))
-            chosen = man.doc["stages"][st]
-            export = chosen["model"]
-            if cfg.select.protocol == "best_on_eval" and not (rd / "eval").exists():
-                # The chosen checkpoint's evaluation is the round's: its samples and grades are reused, not redone.
-                tmp = rd / ".eval.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(rd / "select" / f"step-{chosen['step']}", tmp)
-                tmp.rename(rd / "eval")
-        current = replace(current, path=export)
-        st = f"round-{r}/eval"
-        if not man.done(st):
-            man.set(st, "running", model=export)
-            doc = stages.eval(replace(cfg.eval, model=current, mesh=cfg.mesh, out_dir=str(rd / "eval")))
-            man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
-                    memory=stages.memory)
-        step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
-        passes = man.doc["stages"][f"round-{r}/train"].get("passes")
-        results["rounds"].append({"round": r, "model": export, "checkpoint": step, "passes": passes,
-                                  **man.doc["stages"][st]})
-        if cfg.analysis.enabled:
-            analyze_round(cfg, root, rd, export, man, stages)
+        results["rounds"].append(run_round(cfg, root, r, start, man, stages))
+        start = results["rounds"][-1]["model"]
     results["memory"] = {k: v["memory"] for k, v in man.doc["stages"].items() if "memory" in v}
     if distributed.is_writer():
         atomic_write_text(root / "summary.json", json.dumps(results, indent=2) + "\n")
@@ -319,17 +300,89 @@ def run_pipeline(cfg: RunConfig, explicit_filter: set[str] = frozenset()) -> dic
     return results
 
 
-def analyze_round(cfg: RunConfig, root: Path, rd: Path, export: str, man: Manifest, stages: Stages) -> None:
-    """Fork/lock analysis of this round's model against the starting model, on held-out responses: the base
-    model's evaluation samples (problems never trained on), else this round's. Locks and forks are labelled by
+def run_round(cfg: RunConfig, root: Path, r: int, start: str, man: Manifest, stages: Stages) -> dict:
+    """Round r from checkpoint `start`: sample → filter → train → (select) → eval → (analyze); its summary row."""
+    rd = root / f"round-{r}"
+    rd.mkdir(exist_ok=True)
+    rc = round_configs(cfg, root, r, start)
+    st = f"round-{r}/sample"
+    if not man.done(st):
+        man.set(st, "running", model=start)
+        m = stages.sample(rc.sample, rd / "sample.yaml")
+        man.set(st, "done", samples=m["samples"], finish_reasons=m["finish_reasons"], problems=m["problems"],
+                memory=stages.memory)
+    filter_round(rc, rd, man)
+    st = f"round-{r}/train"
+    if not man.done(st):
+        man.set(st, "running")
+        summary = stages.train(rc.train)
+        man.set(st, "done", final=summary["final"], export=summary["export"], passes=summary.get("passes"),
+                memory=stages.memory)
+    export = str(rd / "train" / "export")
+    if cfg.select.protocol != "final":
+        export = select_round(cfg, rd, export, man, stages)
+    st = f"round-{r}/eval"
+    if not man.done(st):
+        man.set(st, "running", model=export)
+        doc = stages.eval(eval_config(cfg, export, rd / "eval"))
+        man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
+                memory=stages.memory)
+    step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
+    passes = man.doc["stages"][f"round-{r}/train"].get("passes")
+    row = {"round": r, "model": export, "checkpoint": step, "passes": passes, **man.doc["stages"][st]}
+    if cfg.analysis.enabled:
+        analyze_round(cfg, rc.analysis, root, rd, export, man, stages)
+    return row
+
+
+def filter_round(rc: RoundConfigs, rd: Path, man: Manifest) -> None:
+    """The filter stage of round folder `rd`: samples.jsonl → filtered.jsonl; refuses a round that kept nothing."""
+    st = f"{rd.name}/filter"
+    if man.done(st):
+        return
+    filtered = Path(rc.train.data.train_file)
+    man.set(st, "running")
+    with memory.stage_peak() as filter_memory:
+        if distributed.is_writer():
+            run_filter(rc.sample.out, filtered, rc.filter)
+    distributed.barrier(f"filter:{filtered}")
+    stats = json.loads((rd / "filter_stats.json").read_text())
+    if stats["kept"] == 0:
+        reasons = man.doc["stages"].get(f"{rd.name}/sample", {}).get("finish_reasons")
+        raise UserError(f"{filtered}: the filter kept 0 of {stats['total']} samples (dropped "
+                        f"{ {k: v for k, v in stats['by_reason'].items() if v} }; sampling finish reasons "
+                        f"{reasons}; a prompt longer than sample.max_prompt_len ends as prompt_too_long)")
+    man.set(st, "done", kept=stats["kept"], total=stats["total"], by_reason=stats["by_reason"],
+            memory=filter_memory)
+
+
+def select_round(cfg: RunConfig, rd: Path, final: str, man: Manifest, stages: Stages) -> str:
+    """The select stage of round folder `rd`: the chosen checkpoint's export (best_on_eval: its evaluation becomes
+    the round's)."""
+    st = f"{rd.name}/select"
+    if not man.done(st):
+        man.set(st, "running")
+        man.set(st, "done", **select_checkpoint(cfg, rd, final, stages))
+    chosen = man.doc["stages"][st]
+    if cfg.select.protocol == "best_on_eval" and not (rd / "eval").exists():
+        # The chosen checkpoint's evaluation is the round's: its samples and grades are reused, not redone.
+        tmp = rd / ".eval.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(rd / "select" / f"step-{chosen['step']}", tmp)
+        tmp.rename(rd / "eval")
+    return chosen["model"]
+
+
+def analyze_round(cfg: RunConfig, acfg: AnalysisConfig, root: Path, rd: Path, export: str, man: Manifest,
+                  stages: Stages) -> None:
+    """Fork/lock analysis (`acfg`) of this round's model against the starting model, on held-out responses: the
+    base model's evaluation samples (problems never trained on), else this round's. Locks and forks are labelled by
     the training-time truncation the SSD data were drawn with; panels (b)-(d) use the evaluation truncation."""
     st = f"{rd.name}/analyze"
     if man.done(st):
         return
     held_out = root / "base-eval" / "samples.jsonl"
     samples = held_out if cfg.eval_base and held_out.exists() else rd / "eval" / "samples.jsonl"
-    acfg = replace(cfg.analysis, mesh=cfg.mesh, dtype=cfg.model.dtype, label=cfg.analysis.label or cfg.sample.decode,
-                   evaluate=cfg.analysis.evaluate or cfg.eval.decode)
     man.set(st, "running")
     labels = None
     if distributed.is_writer():

@@ -147,7 +147,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
 
     from ssd_jax import hlo
     from ssd_jax.models import hf
-    from ssd_jax.sharding import BATCH_AXES, MeshConfig, make_mesh, path_str
+    from ssd_jax.sharding import BATCH_AXES, make_mesh, path_str
     from ssd_jax.train import optim
     from ssd_jax.train.flops import flops_per_token
     from ssd_jax.train.loop import validate
@@ -156,7 +156,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
     checked = replace(cfg, model=replace(cfg.model, path=str(model_dir)), data=replace(cfg.data, train_file="-"))
     accum = validate(checked, devices)
     micro, seq = cfg.global_batch // accum, cfg.data.seq_len
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.devices("cpu")[:devices])
+    mesh = make_mesh(cfg.mesh, devices=jax.devices("cpu")[:devices])
 
     def build():
         model = hf.load_model(checked.model, mesh, "train", weights=False)
@@ -245,6 +245,8 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str
 def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config: str | None = None,
          hbm_gb: float | None = None) -> dict:
     """The whole report (JSON-ready); `hbm_gb` judges against that much memory instead of the kind's."""
+    from ssd_jax.pipeline import round_configs
+
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"--device-kind {device_kind!r}: expected one of {', '.join(DEVICE_KINDS)}")
     kind = DEVICE_KINDS[device_kind]
@@ -253,7 +255,7 @@ def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config:
             raise ConfigError(f"--hbm-gb {hbm_gb}: expected a positive number of GB")
         kind = replace(kind, hbm_bytes=hbm_gb * GB)
     model_dir = hf_config_dir(cfg.model.path, hf_config)
-    train_cfg = replace(cfg.train, model=cfg.model, mesh=cfg.mesh)
+    train_cfg = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path).train  # what the run's training is given
     report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
               "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
               "train": plan_train(train_cfg, model_dir, devices, kind),

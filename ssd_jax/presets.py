@@ -1,11 +1,16 @@
-"""Decoding presets from the paper (FACTS §2): Table 3 (SSD generation → SSD evaluation) and Table 4 (base model
+"""Named presets, one mechanism for all: a config field left null takes its preset's value (else its default), and a
+value the user writes always wins (DecodeSpec.resolve, FilterConfig.resolve).
+
+Decoding presets from the paper (FACTS §2): Table 3 (SSD generation → SSD evaluation) and Table 4 (base model
 evaluation), plus the popular summary's T=2.0 / top-k 10 variant. A preset name is `<model>/<use>` with use in
-train (sampling SSD data), eval (evaluating the SSD model), base-eval (evaluating the base model)."""
+train (sampling SSD data), eval (evaluating the SSD model), base-eval (evaluating the base model).
+Filter presets: the three readings of the degeneracy filter (data/filters.py says which source each is).
+"""
 
 from __future__ import annotations
 
 from ssd_jax.errors import ConfigError
-from ssd_jax.sampling.truncation import Truncation
+from ssd_jax.sampling.types import Truncation
 
 T = Truncation
 PRESETS: dict[str, Truncation] = {}
@@ -36,3 +41,21 @@ def preset(name: str) -> Truncation:
         return PRESETS[name]
     except KeyError:
         raise ConfigError(f"decode preset {name!r} is unknown; expected one of {', '.join(sorted(PRESETS))}") from None
+
+
+# FilterConfig's preset-controlled fields without a preset (the paper's rules, ssd-jax's stub reading)
+FILTER_DEFAULTS: dict = dict(drop_empty=True, drop_single_line_stub=True, stub_rule="no_newline",
+                             shortest_fraction=0.0, trl_min_chars=0)
+FILTER_PRESETS: dict[str, dict] = {
+    "paper": dict(drop_empty=True, drop_single_line_stub=True, stub_rule="no_newline", shortest_fraction=0.0,
+                  trl_min_chars=0),
+    "released": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.10, trl_min_chars=0),
+    "trl": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.0, trl_min_chars=10),
+}
+
+
+def filter_preset(name: str) -> dict:
+    try:
+        return FILTER_PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"filter preset {name!r} is unknown; expected one of {', '.join(FILTER_PRESETS)}") from None

@@ -9,17 +9,16 @@ that an axis does not divide is replicated along that axis instead (tiny test mo
 
 from __future__ import annotations
 
-import math
+import dataclasses
 import re
-from dataclasses import dataclass
 
 import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from ssd_jax.errors import ConfigError
+from ssd_jax.config import MeshConfig
 
-AXES = ("data", "fsdp", "tensor", "expert")
+AXES = tuple(f.name for f in dataclasses.fields(MeshConfig))  # ("data", "fsdp", "tensor", "expert")
 # Expert-parallel ranks are data-parallel ranks too (as in MaxText): a mesh of `expert: 8` splits the batch 8 ways
 # and runs attention data-parallel, rather than repeating the same rows on every GPU of the expert group.
 BATCH_AXES = ("data", "fsdp", "expert")
@@ -43,29 +42,6 @@ PARAM_RULES: list[tuple[str, P]] = [
     (r"\.mlp\.experts_down$", P("expert", "tensor", "fsdp")),  # (experts, inter, hidden)
     (r"(\.scale|\.o_bias|\.down_bias)$", P()),  # norms and output biases: replicated
 ]
-
-
-@dataclass(frozen=True)
-class MeshConfig:
-    """Axis sizes; one of them may be -1 to take the remaining devices."""
-
-    data: int = 1
-    fsdp: int = -1
-    tensor: int = 1
-    expert: int = 1
-
-    def shape(self, n_devices: int) -> tuple[int, ...]:
-        sizes = [self.data, self.fsdp, self.tensor, self.expert]
-        if sum(s == -1 for s in sizes) > 1 or any(s == 0 or s < -1 for s in sizes):
-            raise ConfigError(f"mesh {sizes}: each axis must be a positive size, at most one of them -1")
-        known = math.prod(s for s in sizes if s != -1)
-        if -1 in sizes:
-            if n_devices % known:
-                raise ConfigError(f"mesh {dict(zip(AXES, sizes))}: {n_devices} devices not divisible by {known}")
-            sizes[sizes.index(-1)] = n_devices // known
-        if math.prod(sizes) != n_devices:
-            raise ConfigError(f"mesh {dict(zip(AXES, sizes))} needs {math.prod(sizes)} devices; {n_devices} present")
-        return tuple(sizes)
 
 
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:

@@ -31,7 +31,8 @@ import numpy as np
 
 from ssd_jax.config import AnalysisConfig, DecodeSpec, ModelSpec
 from ssd_jax.errors import ConfigError, UserError
-from ssd_jax.sampling.truncation import FAST_K, Truncation, truncated_logprobs
+from ssd_jax.sampling.truncation import FAST_K, truncated_logprobs
+from ssd_jax.sampling.types import Truncation
 
 RANKS = 60
 TOP_MASS = 20
@@ -341,14 +342,12 @@ class _Blocks:
 
 def resolve(cfg: AnalysisConfig, label: DecodeSpec | None = None, evaluate: DecodeSpec | None = None) -> Settings:
     """Settings from the config; `label`/`evaluate` are the defaults for a config that leaves them null."""
-    from ssd_jax.sampling.stage import resolve_decode
-
     check(cfg)
     spec = {"label": cfg.label or label, "evaluate": cfg.evaluate or evaluate}
     for name, value in spec.items():
         if value is None:
             raise ConfigError(f"analysis.{name}: required (a decode preset or temperature/top_k/top_p)")
-    return Settings.of(cfg, resolve_decode(spec["label"]), resolve_decode(spec["evaluate"]))
+    return Settings.of(cfg, spec["label"].resolve(), spec["evaluate"].resolve())
 
 
 def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, settings: Settings) -> dict:
@@ -362,10 +361,10 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
     from ssd_jax.models import hf
     from jax.sharding import NamedSharding
 
-    from ssd_jax.sharding import MeshConfig, batch_spec, make_mesh
+    from ssd_jax.sharding import batch_spec, make_mesh
 
     base_path, student_path = resolve_model(base_dir), resolve_model(student_dir)
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
+    mesh = make_mesh(cfg.mesh, devices=jax.local_devices())
     mesh = mesh if mesh.size > 1 else None
     base, student = (hf.load_model(ModelSpec(path=str(p), dtype=cfg.dtype), mesh, "score")
                      for p in (base_path, student_path))

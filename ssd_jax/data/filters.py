@@ -1,6 +1,6 @@
 """Step two of SSD: drop degenerate samples. Each rule is a switch and every drop is counted with its reason.
 
-The sources disagree (FACTS §1.2), so each reading is a preset:
+The sources disagree (FACTS §1.2), so each reading is a preset (presets.FILTER_PRESETS):
 - `paper`: drop empty responses and single-line stubs. The paper never defines a stub, so `stub_rule` picks one
   of the three readings in circulation (each on the stripped response):
     no_newline  no newline at all (the broadest: a correct one-line program is a stub too; the default)
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from ssd_jax.code import extract_code, syntax_ok
@@ -27,24 +27,7 @@ from ssd_jax.data.problems import read_jsonl
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
 
-PRESETS: dict[str, dict] = {
-    "paper": dict(drop_empty=True, drop_single_line_stub=True, stub_rule="no_newline", shortest_fraction=0.0,
-                  trl_min_chars=0),
-    "released": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.10, trl_min_chars=0),
-    "trl": dict(drop_empty=True, drop_single_line_stub=False, shortest_fraction=0.0, trl_min_chars=10),
-}
 REASONS = ("empty", "single_line_stub", "trl_short", "no_code_block", "syntax_error", "duplicate", "shortest_fraction")
-
-
-def with_preset(cfg: FilterConfig, explicit: set[str] = frozenset()) -> FilterConfig:
-    """Fill the preset's values, except the fields the user set explicitly."""
-    if not cfg.preset:
-        return cfg
-    if cfg.preset not in PRESETS:
-        raise ConfigError(f"filter preset {cfg.preset!r} is unknown; expected one of {', '.join(PRESETS)}")
-    return replace(cfg, **{k: v for k, v in PRESETS[cfg.preset].items() if k not in explicit})
-
-
 STUB_RULES = ("no_newline", "trl_10", "mlx_80")
 
 
@@ -68,7 +51,8 @@ def _text(sample: dict, strip: bool) -> str:
 
 def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], dict]:
     """(verdicts: each sample plus `kept` and `reason`, stats). Rules run in REASONS order; the first hit names
-    the reason."""
+    the reason. The preset is resolved here, so the stats record the rules that ran."""
+    cfg = cfg.resolve()
     if not 0.0 <= cfg.shortest_fraction < 1.0:
         raise ConfigError(f"shortest_fraction={cfg.shortest_fraction}: expected 0 <= x < 1")
     if cfg.stub_rule not in STUB_RULES:

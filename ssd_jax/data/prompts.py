@@ -14,7 +14,8 @@ a chat-templated string does not (the template already wrote them).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 from ssd_jax.data.problems import Problem
 
@@ -58,10 +59,22 @@ DEFAULT_SYSTEM = (
 
 @dataclass
 class PromptConfig:
-    mode: str = "chat"  # chat | raw
-    template: str = "train"  # train | eval (the two LiveCodeBench-style variants of ml-ssd)
-    system: str | None = DEFAULT_SYSTEM  # chat mode only; null = no system message
-    raw_stdin_newline: bool = True  # raw mode: the train stdin prompt ends in the .j2 file's "\n", as ml-ssd sends it
+    """How a problem becomes a prompt: the `prompt:` section of sample and eval configs."""
+
+    mode: Literal["chat", "raw"] = "chat"
+    template: Literal["train", "eval"] = "train"  # the two LiveCodeBench-style variants of ml-ssd
+    system: str | None = "default"  # chat mode only: "default" = DEFAULT_SYSTEM; null = no system message
+    # raw mode, train template: end the stdin prompt with the newline ml-ssd's .j2 file has (its generator sends it);
+    # false = the stripped text. SFT records and chat turns always hold the stripped prompt, as ml-ssd's JSONL.
+    raw_stdin_newline: bool = True
+
+    @property
+    def system_message(self) -> str | None:
+        return DEFAULT_SYSTEM if self.system == "default" else self.system
+
+    def record(self) -> dict:
+        """The settings with the system message spelled out (what the sample manifest records)."""
+        return {**asdict(self), "system": self.system_message}
 
 
 def problem_text(problem: Problem, template: str = "train", mode: str = "chat") -> str:
@@ -78,8 +91,8 @@ def problem_text(problem: Problem, template: str = "train", mode: str = "chat") 
 def messages(problem: Problem, cfg: PromptConfig) -> list[dict]:
     """The conversation up to the assistant turn (what SFT records store before the response)."""
     user = {"role": "user", "content": problem_text(problem, cfg.template, cfg.mode)}
-    if cfg.mode == "chat" and cfg.system:
-        return [{"role": "system", "content": cfg.system}, user]
+    if cfg.mode == "chat" and cfg.system_message:
+        return [{"role": "system", "content": cfg.system_message}, user]
     return [user]
 
 

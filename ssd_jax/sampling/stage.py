@@ -11,20 +11,17 @@ from __future__ import annotations
 import json
 import os
 import zlib
-from dataclasses import asdict
 from pathlib import Path
 
 from ssd_jax import bundled, distributed
-from ssd_jax.config import DecodeSpec, ProblemSource, PromptSpec, SampleConfig
+from ssd_jax.config import ProblemSource, SampleConfig
 from ssd_jax.data import problems as P
 from ssd_jax.data.filters import read_samples
-from ssd_jax.data.prompts import DEFAULT_SYSTEM, PromptConfig, messages, render
+from ssd_jax.data.prompts import messages, render
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
-from ssd_jax.presets import preset
-from ssd_jax.sampling.types import Sampler, SamplingParams
-from ssd_jax.sampling.truncation import Truncation
+from ssd_jax.sampling.types import Sampler
 
 
 def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
@@ -81,23 +78,6 @@ def describe_problem_set(report: dict) -> str | None:
             f"{report.get('release') or 'all files present'}; question-id sha256 {report['question_ids_sha256']}")
 
 
-def resolve_decode(spec: DecodeSpec) -> Truncation:
-    base = preset(spec.preset) if spec.preset else Truncation(1.0, 0, 1.0)
-    t = Truncation(
-        temperature=base.temperature if spec.temperature is None else spec.temperature,
-        top_k=base.top_k if spec.top_k is None else spec.top_k,
-        top_p=base.top_p if spec.top_p is None else spec.top_p,
-    )
-    if t.temperature < 0 or not 0 < t.top_p <= 1 or t.top_k < 0:
-        raise ConfigError(f"decode: need temperature >= 0, 0 < top_p <= 1, top_k >= 0; got {t}")
-    return t
-
-
-def prompt_config(spec: PromptSpec) -> PromptConfig:
-    system = DEFAULT_SYSTEM if spec.system == "default" else spec.system
-    return PromptConfig(mode=spec.mode, template=spec.template, system=system, raw_stdin_newline=spec.raw_stdin_newline)
-
-
 def request_id(problem_id: str, sample_idx: int) -> int:
     return zlib.crc32(f"{problem_id}#{sample_idx}".encode()) & 0x7FFFFFFF
 
@@ -146,10 +126,10 @@ def make_sampler(cfg: SampleConfig, model_dir: Path, tokenizer, max_new_tokens: 
 
     from ssd_jax.models import hf
     from ssd_jax.sampling.jax_sampler import JaxSampler
-    from ssd_jax.sharding import MeshConfig, make_mesh
+    from ssd_jax.sharding import make_mesh
 
     # In a multi-process job each process decodes its own share on its own devices.
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)), devices=jax.local_devices())
+    mesh = make_mesh(cfg.mesh, devices=jax.local_devices())
     model = hf.load_model(cfg.model, mesh, "sample")
     return JaxSampler(model, tokenizer, batch_size=cfg.batch_size, max_prompt_len=cfg.max_prompt_len,
                       max_new_tokens=max_new_tokens, mesh=mesh if mesh.size > 1 else None)
@@ -192,8 +172,7 @@ def run_replicas(cfg: SampleConfig, pending: int) -> None:
 
 def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, report: dict | None = None) -> dict:
     """Sample `decode.n` completions per problem into `cfg.out`; returns the manifest (also written next to it)."""
-    trunc = resolve_decode(cfg.decode)
-    pcfg = prompt_config(cfg.prompt)
+    decode_rec = cfg.decode.record()  # an invalid truncation is refused before anything loads
     if problems is None:
         problems, report = load_problems(cfg.problems)
     if not problems:
@@ -232,12 +211,9 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
             if k % n_proc == rank and (p.id, i) not in store.done and (p.id, i) not in sink.done]
     if pairs:
         generated = len(todo)
-    decode_rec = {"temperature": trunc.temperature, "top_k": trunc.top_k, "top_p": trunc.top_p,
-                  "max_tokens": cfg.decode.max_tokens, "seed": cfg.decode.seed, "preset": cfg.decode.preset}
     if todo:
         sampler = make_sampler(cfg, model_dir, tokenizer, cfg.decode.max_tokens)
-        params = SamplingParams(temperature=trunc.temperature, top_k=trunc.top_k, top_p=trunc.top_p,
-                                max_tokens=cfg.decode.max_tokens, seed=cfg.decode.seed, stop=tuple(cfg.decode.stop))
+        params = cfg.decode.params()
         progress = None
         if cfg.progress and rank == 0:
             from tqdm import tqdm
@@ -250,7 +226,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
 
         def record(pi, rendered, c) -> dict:
             (p, i), (text, _) = pi, rendered
-            return {"problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, pcfg),
+            return {"problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, cfg.prompt),
                     "response": c.text, "model": cfg.model.path, "decode": decode_rec,
                     "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
                     "backend": cfg.backend}
@@ -258,7 +234,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         try:
             for start in range(0, len(todo), group):
                 chunk = todo[start : start + group]
-                rendered = [render(p, pcfg, tokenizer) for p, _ in chunk]
+                rendered = [render(p, cfg.prompt, tokenizer) for p, _ in chunk]
                 stream = sampler.stream([ids for _, ids in rendered], params,
                                         request_ids=[request_id(p.id, i) for p, i in chunk])
                 for finished in stream:
@@ -279,7 +255,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
     for s in samples:
         reasons[s.get("finish_reason", "?")] = reasons.get(s.get("finish_reason", "?"), 0) + 1
     manifest = {"out": str(out), "samples": len(samples), "problems": report, "decode": decode_rec,
-                "prompt": asdict(pcfg), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
+                "prompt": cfg.prompt.record(), "backend": cfg.backend, "model": cfg.model.path, "n": cfg.decode.n,
                 "finish_reasons": reasons, "generated_this_run": generated,
                 "replicas": cfg.vllm.replicas if cfg.backend == "vllm" else 1, "memory": process_peak()}
     if todo and getattr(sampler, "submitted", None) is not None:

@@ -15,25 +15,10 @@ top_k ≤ 0 or ≥ vocab disables top-k; top_p ≥ 1 disables top-p. No penaltie
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import jax
 import jax.numpy as jnp
 
-GREEDY_EPS = 1e-5
-
-
-@dataclass(frozen=True)
-class Truncation:
-    """One decoding setting, as the paper's tables write it (top_k 0 = none, top_p 1.0 = none)."""
-
-    temperature: float
-    top_k: int = 0
-    top_p: float = 1.0
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature < GREEDY_EPS
+from ssd_jax.sampling.types import GREEDY_EPS
 
 
 def _rows(x, lead: tuple[int, ...], dtype):

@@ -1,4 +1,5 @@
-"""What every sampler backend shares: per-request settings, a completion, the `Sampler` protocol, and `collect`.
+"""What every sampler backend shares: a truncation setting, per-request settings, a completion, the `Sampler`
+protocol, and `collect`.
 
 The JAX sampler and the vLLM backend both implement `Sampler`; the sample stage and the evaluation only use this
 module's names, so neither backend imports the other."""
@@ -8,6 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+
+GREEDY_EPS = 1e-5  # vLLM: a temperature below this is greedy
+
+
+@dataclass(frozen=True)
+class Truncation:
+    """One decoding setting, as the paper's tables write it (top_k 0 = none, top_p 1.0 = none). Here, not in
+    truncation.py, so configs and presets resolve it without importing JAX."""
+
+    temperature: float
+    top_k: int = 0
+    top_p: float = 1.0
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_EPS
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.memory import process_peak, return_freed_memory
 from ssd_jax.models import hf
-from ssd_jax.sharding import AXES, BATCH_AXES, MeshConfig, make_mesh
+from ssd_jax.sharding import AXES, BATCH_AXES, make_mesh
 from ssd_jax.train import optim
 from ssd_jax.train.checkpoint import TrainCheckpointer
 from ssd_jax.train.flops import device_peak_flops, flops_per_token
@@ -45,7 +45,7 @@ def validate(cfg: TrainConfig, n_devices: int) -> int:
         raise ConfigError("model.path: required (an HF directory or bundled:smollm2-135m)")
     if not cfg.data.train_file:
         raise ConfigError("data.train_file: required (SFT JSONL of {\"messages\": [...]})")
-    shape = dict(zip(AXES, MeshConfig(**vars(cfg.mesh)).shape(n_devices)))
+    shape = dict(zip(AXES, cfg.mesh.shape(n_devices)))
     batch_ways = math.prod(shape[a] for a in BATCH_AXES)
     if micro % batch_ways:
         raise ConfigError(f"micro_batch={micro} must be divisible by mesh {'×'.join(BATCH_AXES)} = {batch_ways}")
@@ -129,7 +129,7 @@ def train(cfg: TrainConfig) -> dict:
         atomic_write_text(out / "data_stats.json", json.dumps({**stats.to_dict(), "passes": passes}, indent=2) + "\n")
         print(sft.describe_passes(passes), flush=True)
 
-    mesh = make_mesh(MeshConfig(**vars(cfg.mesh)))
+    mesh = make_mesh(cfg.mesh)
     model = hf.load_model(cfg.model, mesh, "train")
     optimizer = optim.create(model, cfg.optim, mesh)
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ssd_jax.analysis import forklock as fl
-from ssd_jax.sampling.truncation import Truncation
+from ssd_jax.sampling.types import Truncation
 
 BASE = np.array([[0.90, 0.06, 0.02, 0.01, 0.005, 0.003, 0.001, 0.001],   # a lock
                  [0.30, 0.25, 0.20, 0.15, 0.05, 0.03, 0.01, 0.01]])      # a fork
@@ -213,9 +213,9 @@ def test_entropy_helper_matches_math():
 
 def test_config_round_trips_through_yaml(tmp_path):
     """`ssd-jax run` with stages in child processes hands the analysis its config as YAML."""
-    from ssd_jax.config import AnalysisConfig, DecodeSpec, MeshSpec, dump_yaml, load_config
+    from ssd_jax.config import AnalysisConfig, DecodeSpec, MeshConfig, dump_yaml, load_config
 
     cfg = AnalysisConfig(label=DecodeSpec(temperature=1.6, top_k=20, top_p=0.8), evaluate=DecodeSpec(preset="greedy"),
-                         mesh=MeshSpec(fsdp=2, tensor=4), dtype="bfloat16", max_responses=7, temperatures=[0.5, 1.0])
+                         mesh=MeshConfig(fsdp=2, tensor=4), dtype="bfloat16", max_responses=7, temperatures=[0.5, 1.0])
     dump_yaml(cfg, tmp_path / "a.yaml")
     assert load_config(AnalysisConfig, tmp_path / "a.yaml") == cfg

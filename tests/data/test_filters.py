@@ -7,8 +7,9 @@ import pytest
 from ssd_jax.cli import main
 from ssd_jax.code import syntax_ok
 from ssd_jax.config import FilterConfig
-from ssd_jax.data.filters import PRESETS, filter_samples, sft_records, with_preset
+from ssd_jax.data.filters import filter_samples, sft_records
 from ssd_jax.errors import ConfigError
+from ssd_jax.presets import FILTER_PRESETS as PRESETS
 
 GOOD = "Here you go:\n```python\ndef f(x):\n    return x + 1\n```"
 
@@ -53,8 +54,8 @@ def test_stub_rules_are_the_three_readings(rule):
 
 
 def test_paper_preset_keeps_the_no_newline_reading():
-    assert FilterConfig().stub_rule == "no_newline" and PRESETS["paper"]["stub_rule"] == "no_newline"
-    cfg = with_preset(FilterConfig(preset="paper", stub_rule="mlx_80"), {"stub_rule"})
+    assert FilterConfig().resolve().stub_rule == "no_newline" and PRESETS["paper"]["stub_rule"] == "no_newline"
+    cfg = FilterConfig(preset="paper", stub_rule="mlx_80").resolve()
     assert cfg.stub_rule == "mlx_80" and cfg.drop_single_line_stub  # an explicit rule beats the preset's
     _, stats = reasons([s(0, GOOD)], **PRESETS["released"])
     assert stats["stub_rule"] is None  # no stub rule ran
@@ -113,7 +114,7 @@ def test_sft_records_strip_and_keep_messages():
 
 
 def test_preset_respects_explicit_fields():
-    cfg = with_preset(FilterConfig(preset="released", shortest_fraction=0.25), {"shortest_fraction"})
+    cfg = FilterConfig(preset="released", shortest_fraction=0.25).resolve()
     assert cfg.shortest_fraction == 0.25 and cfg.drop_single_line_stub is False
 
 

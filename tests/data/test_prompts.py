@@ -74,9 +74,11 @@ def test_raw_stdin_generation_prompt_ends_like_the_j2_file(tmp_path):
     assert GOLD_TRAIN_STDIN + "<|im_end|>" in chat  # the chat turn holds the stripped prompt
 
 
-def test_prompt_spec_reaches_the_prompt_config():
-    from ssd_jax.config import PromptSpec
-    from ssd_jax.sampling.stage import prompt_config
+def test_prompt_section_is_the_prompt_config():
+    from ssd_jax.config import SampleConfig, from_dict
 
-    assert prompt_config(PromptSpec(mode="raw")).raw_stdin_newline is True
-    assert prompt_config(PromptSpec(mode="raw", raw_stdin_newline=False)).raw_stdin_newline is False
+    assert from_dict(SampleConfig, {"prompt": {"mode": "raw"}}).prompt.raw_stdin_newline is True
+    assert from_dict(SampleConfig, {"prompt": {"mode": "raw", "raw_stdin_newline": False}}).prompt.raw_stdin_newline \
+        is False
+    default = from_dict(SampleConfig, {"prompt": {"system": "default"}}).prompt
+    assert default.system_message == prompts.DEFAULT_SYSTEM and default.record()["system"] == prompts.DEFAULT_SYSTEM
