@@ -136,10 +136,11 @@ def all_run_options() -> tuple[str, ...]:
 
 
 class Output(NamedTuple):
-    logits: Array  # (B, T, V) float32
+    logits: Array | None  # (B, T, V) float32; None with return_hidden
     cache: KVCache | None = None
     hidden_states: tuple[Array, ...] | None = None  # HF convention: embeddings, layer 0..L-2 outputs, final norm
     moe_stats: MoEStats | None = None  # summed over the MoE layers (the load-balancing loss's inputs)
+    last_hidden: Array | None = None  # (B, T, D) final normed hidden states, only with return_hidden
 
 
 class DecoderLayer(nnx.Module):
@@ -212,8 +213,9 @@ class CausalLM(nnx.Module):
         """tokens (B, T) int. `segment_ids` 0 marks padding (default: all ones); `positions` default 0..T-1.
 
         With `cache`, tokens are appended at `cache.end` and the updated cache is returned. With
-        `return_hidden=True` the logits are skipped and `Output.logits` holds the final normed hidden states
-        (B, T, D), for chunked losses that never materialise (B, T, V)."""
+        `return_hidden=True` the logits are skipped (`Output.logits` is None) and `Output.last_hidden` holds the
+        final normed hidden states (B, T, D): for chunked losses that never materialise (B, T, V), and for a LM head
+        applied to the positions that need it."""
         cfg = self.cfg
         b, t = tokens.shape
         if segment_ids is None:
@@ -247,8 +249,9 @@ class CausalLM(nnx.Module):
         new_cache = None
         if cache is not None:
             new_cache = KVCache(tuple(new_k), tuple(new_v), kv_segment, cache.end + t)
-        out = x if return_hidden else self.logits(x)
-        return Output(out, new_cache, tuple(hidden) if hidden else None, stats)
+        return Output(logits=None if return_hidden else self.logits(x), cache=new_cache,
+                      hidden_states=tuple(hidden) if hidden else None, moe_stats=stats,
+                      last_hidden=x if return_hidden else None)
 
     def _run_stack(self, stack: DecoderLayer, x, positions, segment_ids, stack_cache, keep_hidden: bool):
         """Scan one stack of layers. The cache of a stack, (n, B, S, K, hd), rides in the carry so each layer's

@@ -48,7 +48,7 @@ def _prefill(model, tokens, segment_ids, cache_len):
     # Only the last position's logits are needed: (B, P, V) in fp32 would be the prefill's largest buffer.
     out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache, return_hidden=True)
     next_pos = jnp.sum(segment_ids, axis=1).astype(jnp.int32)
-    return model.logits(out.logits[:, -1:])[:, 0], out.cache, next_pos
+    return model.logits(out.last_hidden[:, -1:])[:, 0], out.cache, next_pos
 
 
 @functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,), graph_updates=False)

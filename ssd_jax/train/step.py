@@ -61,7 +61,7 @@ def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None)
 def _forward_loss(model, batch: dict, chunk: int):
     """(Σ w·CE, Σ w, MoE stats summed over layers or None) of one micro-batch."""
     out = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], return_hidden=True)
-    s, w = chunked_cross_entropy(out.logits, model.head_kernel(), batch["targets"], batch["weights"], chunk,
+    s, w = chunked_cross_entropy(out.last_hidden, model.head_kernel(), batch["targets"], batch["weights"], chunk,
                                  model.mesh)
     return s, w, out.moe_stats
 
