@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ssd_jax.errors import UserError
+from ssd_jax.io_utils import replace_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -78,8 +79,7 @@ def _materialise(target: Path, build: Callable[[Path], None], force: bool = Fals
         try:
             build(tmp)
             (tmp / ".complete").write_text("ok\n")
-            shutil.rmtree(target, ignore_errors=True)
-            tmp.rename(target)
+            replace_dir(tmp, target)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target

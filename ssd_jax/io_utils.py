@@ -1,10 +1,12 @@
 """Files that survive a kill: whole files are written to a temp sibling, fsynced and renamed (`atomic_write_*`);
-append-only logs lose at most the line being written (`JsonlLog`)."""
+whole folders are built beside their target and swapped in (`replace_dir`); append-only logs lose at most the line
+being written (`JsonlLog`)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -29,6 +31,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder `tmp` to `out`, replacing any previous `out`.
+
+    `out` is never partly written: it is the old folder until the rename and the new one after. A kill between the
+    two renames leaves the old one as `.<name>.old-<pid>` beside a missing `out`, so a rerun rebuilds it."""
+    tmp, out = Path(tmp), Path(out)
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+        return
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 class JsonlLog:

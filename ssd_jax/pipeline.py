@@ -33,7 +33,7 @@ from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
 from ssd_jax.evaluation.metrics import check_ks
 from ssd_jax.evaluation.sandbox import check_isolation
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import atomic_write_text, replace_dir
 from ssd_jax.presets import PRESETS
 from ssd_jax.report import write_report
 from ssd_jax.sampling.stage import run_sample
@@ -369,7 +369,7 @@ def select_round(cfg: RunConfig, rd: Path, final: str, man: Manifest, stages: St
         tmp = rd / ".eval.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(rd / "select" / f"step-{chosen['step']}", tmp)
-        tmp.rename(rd / "eval")
+        replace_dir(tmp, rd / "eval")
     return chosen["model"]
 
 

@@ -47,3 +47,16 @@ def test_bad_line_and_duplicate_key_are_errors_with_the_line(tmp_path):
     p.write_text('{"id": 1}\n{"id": 1}\n')
     with pytest.raises(UserError, match=r"log.jsonl:2: thing 1 appears twice"):
         JsonlLog(p, key, "thing")
+
+
+def test_replace_dir_swaps_whole_folders(tmp_path):
+    from ssd_jax.io_utils import replace_dir
+
+    out = tmp_path / "sub" / "out"
+    for version in ("1", "2"):  # first a new folder (parents made), then a replacement of an existing one
+        tmp = tmp_path / f".out.tmp{version}"
+        tmp.mkdir()
+        (tmp / "v").write_text(version)
+        replace_dir(tmp, out)
+        assert (out / "v").read_text() == version and not tmp.exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no .old folder left behind

@@ -35,6 +35,7 @@ from flax import nnx
 
 from ssd_jax import bundled, distributed
 from ssd_jax.errors import CheckpointError
+from ssd_jax.io_utils import replace_dir
 from ssd_jax.models import family_for
 from ssd_jax.models.transformer import CausalLM, ModelConfig
 from ssd_jax.sharding import param_sharding, path_str
@@ -608,13 +609,6 @@ def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = Non
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+    replace_dir(tmp, out)
     distributed.barrier(f"hf-save:{out}")
     return out

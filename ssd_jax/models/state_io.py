@@ -20,7 +20,7 @@ from flax import nnx
 from ssd_jax import distributed
 from ssd_jax.config import ModelSpec
 from ssd_jax.errors import CheckpointError
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import atomic_write_text, replace_dir
 from ssd_jax.models.hf import SIDE_FILES, model_config, options_for
 from ssd_jax.models.transformer import CausalLM
 from ssd_jax.sharding import param_sharding
@@ -55,9 +55,7 @@ def save_state(model: CausalLM, out_dir: str | os.PathLike) -> Path:
     if writer:
         atomic_write_text(tmp / MARKER, json.dumps({"format": 1, "architecture": model.cfg.architecture,
                                                     "param_dtype": model.cfg.param_dtype}) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out)
     distributed.barrier("state-io-done")
     return out
 
