@@ -233,6 +233,11 @@ def _unsafe_layer(python: str, drop_root: bool) -> Layer:
     return Layer("unsafe")
 
 
+_TRIED = {"auto": ("bwrap", "namespaces"), "bwrap": ("bwrap",), "namespaces": ("namespaces",)}
+_HINT = {"bwrap": ": install it (apt-get install -y bubblewrap) or use isolation: auto",
+         "namespaces": "; use isolation: auto with bubblewrap installed"}
+
+
 def select_layer(isolation: str, python: str | None = None, drop_root: bool = True) -> Layer:
     """The layer `isolation` means here; raises SandboxUnavailable (exit 2) rather than run without a barrier."""
     python = python or sys.executable
@@ -243,20 +248,15 @@ def select_layer(isolation: str, python: str | None = None, drop_root: bool = Tr
         raise ConfigError(f"sandbox isolation {isolation!r}: expected one of {', '.join(ISOLATIONS)}")
     if isolation == "unsafe-rlimits":
         return _unsafe_layer(python, drop_root)
-    if isolation in ("auto", "bwrap"):
-        bw = bwrap_support(python, drop_root)
-        if bw is not None:
-            return bw
-        why_bw = _why(_key("bwrap", python, drop_root))
-        if isolation == "bwrap":
-            raise SandboxUnavailable(f"sandbox isolation 'bwrap' cannot run here ({why_bw}): install it "
-                                     "(apt-get install -y bubblewrap) or use isolation: auto")
-    ns = namespace_support(python, drop_root)
-    if ns is not None:
-        return ns
-    why_ns = _why(_key("namespaces", python, drop_root))
-    if isolation == "namespaces":
-        raise SandboxUnavailable(f"sandbox isolation 'namespaces' cannot run here ({why_ns}); use isolation: auto "
-                                 "with bubblewrap installed")
+    why = {}
+    support = {"bwrap": bwrap_support, "namespaces": namespace_support}
+    for kind in _TRIED[isolation]:
+        layer = support[kind](python, drop_root)
+        if layer is not None:
+            return layer
+        why[kind] = _why(_key(kind, python, drop_root))
+    if isolation != "auto":
+        raise SandboxUnavailable(f"sandbox isolation {isolation!r} cannot run here ({why[isolation]})"
+                                 f"{_HINT[isolation]}")
     raise SandboxUnavailable(f"sandbox: refusing to run generated code, no isolation works here (bubblewrap: "
-                             f"{why_bw}; namespaces: {why_ns}). Fix: {FIX}")
+                             f"{why['bwrap']}; namespaces: {why['namespaces']}). Fix: {FIX}")
