@@ -90,7 +90,8 @@ class MeshConfig:
 
 @dataclass
 class SFTDataConfig:
-    """SFT examples → packed rows. Defaults: FACTS §3 (prompt masked, packing on)."""
+    """SFT examples → packed rows. The paper (§3.1, App. C.1) does not say whether it masked
+    the prompt or packed rows; both are on by default and both are switches."""
 
     train_file: str = ""  # JSONL of {"messages": [...]} (+ optional problem_id)
     template: Literal["chat", "raw"] = "chat"  # chat: tokenizer's chat template; raw: prompt text + response + EOS
@@ -304,7 +305,7 @@ class EvalConfig(GenerationConfig):
 
 @dataclass
 class FilterConfig:
-    """Which degenerate samples to drop (FACTS §1.2). A preset (paper, released, trl: presets.FILTER_PRESETS) fills
+    """Which degenerate samples to drop (the sources disagree: data/filters.py). A preset (paper, released, trl: presets.FILTER_PRESETS) fills
     the fields left null; a value written here always wins; without a preset, null is the default named below."""
 
     preset: str | None = None

@@ -1,7 +1,7 @@
 """Named presets, one mechanism for all: a config field left null takes its preset's value (else its default), and a
 value the user writes always wins (DecodeSpec.resolve, FilterConfig.resolve).
 
-Decoding presets from the paper (FACTS §2): Table 3 (SSD generation → SSD evaluation) and Table 4 (base model
+Decoding presets from the paper (arXiv 2604.01193): Table 3 (SSD generation → SSD evaluation) and Table 4 (base model
 evaluation), plus the popular summary's T=2.0 / top-k 10 variant. A preset name is `<model>/<use>` with use in
 train (sampling SSD data), eval (evaluating the SSD model), base-eval (evaluating the base model).
 Filter presets: the three readings of the degeneracy filter (data/filters.py says which source each is).

@@ -253,7 +253,7 @@ class LcbWindow:
     expected: int
 
 
-# The paper's windows (App. C.1, FACTS §5): v6 = contests Feb–May 2025, 131 problems; v5 = Aug 2024–Feb 2025, 374.
+# The paper's windows (paper App. C.1): v6 = contests Feb–May 2025, 131 problems; v5 = Aug 2024–Feb 2025, 374.
 LCB_WINDOWS = {"v6": LcbWindow("2025-02-01", "2025-05-31", 131), "v5": LcbWindow("2024-08-01", "2025-02-28", 374)}
 LCB_RELEASE_FILES = {f"release_v{i}": ["test.jsonl"] + [f"test{j}.jsonl" for j in range(2, i + 1)] for i in range(1, 7)}
 

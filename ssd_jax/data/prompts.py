@@ -1,4 +1,5 @@
-"""Prompt text for a problem, in the two modes the sources disagree on (FACTS §4):
+"""Prompt text for a problem, in the two modes the sources disagree on (the paper §3.1 against
+apple/ml-ssd's released generator):
 
 - `chat` (the paper): the model's official chat template, a system message asking for a Python solution in a
   markdown block, the problem as the user turn. The paper does not print its system message; ours is
