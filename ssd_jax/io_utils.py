@@ -85,6 +85,15 @@ class JsonlLog:
             with open(self.path, "r+b") as f:
                 f.truncate(good)
 
+    def rewind(self, keep: Callable[[dict], bool]) -> None:
+        """Keep only the records `keep` accepts (a run resumed from an earlier step drops what came after it);
+        the file is rewritten whole, atomically."""
+        kept = [r for r in self.records if keep(r)]
+        if len(kept) == len(self.records):
+            return
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+        self.records, self.done = kept, {self.key(r) for r in kept}
+
     def append(self, records: list[dict]) -> None:
         if not records:
             return

@@ -60,3 +60,17 @@ def test_replace_dir_swaps_whole_folders(tmp_path):
         replace_dir(tmp, out)
         assert (out / "v").read_text() == version and not tmp.exists()
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no .old folder left behind
+
+
+def test_jsonl_rewind_drops_later_records_for_good(tmp_path):
+    from ssd_jax.io_utils import JsonlLog
+
+    path = tmp_path / "metrics.jsonl"
+    log = JsonlLog(path, key=lambda r: r["step"])
+    log.append([{"step": s} for s in (1, 2, 3, 4)])
+    with open(path, "a") as f:
+        f.write('{"step": 5')  # torn by a kill
+    log = JsonlLog(path, key=lambda r: r["step"])
+    log.rewind(lambda r: r["step"] <= 2)  # resumed from step 2's checkpoint
+    log.append([{"step": 3}])  # step 3 again: no duplicate key
+    assert [r["step"] for r in JsonlLog(path, key=lambda r: r["step"]).records] == [1, 2, 3]

@@ -22,7 +22,7 @@ from ssd_jax import bundled, distributed
 from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak, return_freed_memory
 from ssd_jax.models import hf
 from ssd_jax.sharding import AXES, BATCH_AXES, make_mesh
@@ -53,23 +53,14 @@ def validate(cfg: TrainConfig, n_devices: int) -> int:
 
 
 class MetricsLog:
-    """metrics.jsonl (append, flushed per line; truncated to the resumed step) + optional TensorBoard."""
+    """metrics.jsonl (one record per step, each fsynced; rewound to the resumed step) + optional TensorBoard."""
 
     def __init__(self, out_dir: Path, resume_step: int, tensorboard: bool):
-        self.path = out_dir / "metrics.jsonl"
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
-        kept = []
-        if self.path.exists():
-            for line in self.path.read_text().splitlines():
-                try:
-                    if json.loads(line)["step"] <= resume_step:
-                        kept.append(line)
-                except (ValueError, KeyError):
-                    break  # a line torn by a kill: drop it and everything after
-        atomic_write_text(self.path, "".join(k + "\n" for k in kept))
-        self.f = open(self.path, "a", encoding="utf-8")
+        self.log = JsonlLog(out_dir / "metrics.jsonl", key=lambda r: r["step"], what="metrics record")
+        self.log.rewind(lambda r: r["step"] <= resume_step)
         self.tb = None
         if tensorboard:
             try:
@@ -82,18 +73,15 @@ class MetricsLog:
     def write(self, rec: dict) -> None:
         if not self.enabled:
             return
-        self.f.write(json.dumps(rec) + "\n")
-        self.f.flush()
+        self.log.append([rec])
         if self.tb is not None:
             for k, v in rec.items():
                 if k != "step" and isinstance(v, (int, float)) and v is not None:
                     self.tb.add_scalar(f"train/{k}", v, rec["step"])
 
     def close(self) -> None:
-        if self.enabled:
-            self.f.close()
-            if self.tb is not None:
-                self.tb.close()
+        if self.enabled and self.tb is not None:
+            self.tb.close()
 
 
 def _global_array(host: np.ndarray, sharding) -> jax.Array:
