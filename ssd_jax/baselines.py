@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ssd_jax.config import EvalConfig
 from ssd_jax.eval_run import run_eval
-from ssd_jax.evaluation.metrics import group_order
+from ssd_jax.evaluation.metrics import group_order, pass_at_k_values
 from ssd_jax.io_utils import atomic_write_text
 from ssd_jax.presets import preset
 
@@ -62,7 +62,7 @@ def run_baselines(cfg: EvalConfig, model_preset: str, temps: list[float], ssd_mo
 
 def write_table(rows: list[dict], out: Path) -> None:
     atomic_write_text(out / "baselines.json", json.dumps(rows, indent=2) + "\n")
-    ks = [k for k in rows[0]["overall"] if k.startswith("pass@") and not k.endswith("ci95")]
+    ks = [f"pass@{k}" for k in pass_at_k_values(rows[0]["overall"])]
     diffs = group_order(d for r in rows for d in r["by_difficulty"])
     head = ["setting", *ks, *[f"{d} {ks[0]}" for d in diffs]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]

@@ -111,6 +111,13 @@ def cmd_filter(args) -> int:
     return 0
 
 
+def _pass_at_k_line(summary: dict) -> str:
+    """"pass@1 12.34%, pass@5 20.00%" from a metrics summary (its "overall", say)."""
+    from ssd_jax.evaluation.metrics import pass_at_k_values
+
+    return ", ".join(f"pass@{k} {v:.2%}" for k, v in pass_at_k_values(summary).items())
+
+
 def cmd_eval(args) -> int:
     from ssd_jax.config import EvalConfig, load_config
     from ssd_jax.eval_run import run_eval
@@ -124,7 +131,7 @@ def cmd_eval(args) -> int:
     if problem_set:
         print(problem_set)
     overall = doc["metrics"]["overall"]
-    ks = ", ".join(f"{k} {v:.2%}" for k, v in overall.items() if k.startswith("pass@") and not k.endswith("ci95"))
+    ks = _pass_at_k_line(overall)
     print(f"{doc['metrics']['n_problems']} problems × {doc['n_samples_per_problem']}: {ks} → {cfg.out_dir}/metrics.json")
     return 0
 
@@ -150,11 +157,10 @@ def cmd_run(args) -> int:
     res = run_pipeline(load_config(RunConfig, args.config, args.set or []))
     base = res.get("base")
     if base:
-        print("base  " + ", ".join(f"{k} {v:.2%}" for k, v in base.items() if k.startswith("pass@") and "ci" not in k))
+        print("base  " + _pass_at_k_line(base))
     for r in res["rounds"]:
         o = r.get("overall", {})
-        print(f"round {r['round']}  " + ", ".join(f"{k} {v:.2%}" for k, v in o.items()
-                                               if k.startswith("pass@") and "ci" not in k)
+        print(f"round {r['round']}  " + _pass_at_k_line(o)
               + ("" if r["checkpoint"] == "final" else f"  (checkpoint step {r['checkpoint']})")
               + (f"  after {r['passes']['passes']:.2f} passes over the data" if r.get("passes") else ""))
     from ssd_jax.memory import format_peaks

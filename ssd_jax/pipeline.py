@@ -31,7 +31,7 @@ from ssd_jax.config import (AnalysisConfig, DecodeSpec, EvalConfig, FilterConfig
 from ssd_jax.data.filters import run_filter
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.eval_run import run_eval
-from ssd_jax.evaluation.metrics import check_ks
+from ssd_jax.evaluation.metrics import check_ks, pass_at_k_values
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text, replace_dir
 from ssd_jax.presets import PRESETS
@@ -243,10 +243,10 @@ def select_checkpoint(cfg: RunConfig, rd: Path, final: str, stages: Stages) -> d
             stages.export(rd / "train", step, Path(model), cfg.train.export_dtype)
         ev = eval_config(cfg, model, rd / "select" / f"step-{step}")
         doc = stages.eval(ev if sel.protocol == "best_on_eval" else replace(ev, problems=sel.heldout))
-        overall = doc["metrics"]["overall"]
-        if sel.metric not in overall:
-            raise ConfigError(f"select.metric={sel.metric!r}: the evaluation reports {sorted(overall)}")
-        scores[step] = float(overall[sel.metric])
+        reported = {f"pass@{k}": v for k, v in pass_at_k_values(doc["metrics"]["overall"]).items()}
+        if sel.metric not in reported:
+            raise ConfigError(f"select.metric={sel.metric!r}: the evaluation reports {sorted(reported)}")
+        scores[step] = reported[sel.metric]
     chosen = max(candidates, key=lambda s: (scores[s], s))
     model = final if chosen == steps[-1] else str(rd / "train" / f"export-step-{chosen}")
     return {"protocol": sel.protocol, "metric": sel.metric, "scores": {str(s): v for s, v in scores.items()},

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 from ssd_jax.data.sft import describe_passes
+from ssd_jax.evaluation.metrics import pass_at_k_values
 from ssd_jax.io_utils import atomic_write_text
 
 
@@ -18,7 +19,7 @@ def _rounds(stages: dict) -> list[int]:
 
 
 def _ks(overall: dict) -> list[int]:
-    return sorted(int(k.split("@")[1]) for k in overall if k.startswith("pass@") and "_ci" not in k)
+    return sorted(pass_at_k_values(overall))
 
 
 def _pass_cells(overall: dict) -> str:

@@ -113,8 +113,16 @@ def compute_metrics(
     """Overall and per-group pass@k with bootstrap CIs, plus outcome counts.
 
     `results`: graded records `{problem_id, sample_idx, passed, error_code, ...}`; `problems`: per problem_id the
-    fields to group by (missing → "unknown"). Returns {"n_problems", "n_samples", "pass@k": {...},
-    "ci95": {...}, "by_<key>": {group: {"n_problems", "pass@k", "ci95"}}, "outcomes", "per_problem"}.
+    fields to group by (missing → "unknown"). Returns (the "metrics" of metrics.json)::
+
+        {"n_problems": int, "n_samples": int, "n_per_problem": [distinct n, sorted],
+         "overall": SUMMARY,
+         "by_<key>": {group: SUMMARY}          # per `group_by` key, unless every problem's value is unknown
+         "outcomes": {kind: count},             # `error_counts`
+         "per_problem": {problem_id: {"n": int, "c": int, "pass@<k>": float, ...}}}
+
+    where SUMMARY is {"n_problems": int, "pass@<k>": float, "pass@<k>_ci95": [lo, hi], ...} for each k in `ks`
+    (flat keys; `pass_at_k_values` picks out the pass@k numbers).
     """
     counts = counts_by_problem(results)
     if not counts:
@@ -147,6 +155,12 @@ def compute_metrics(
     return out
 
 
+def pass_at_k_values(summary: Mapping[str, Any]) -> dict[int, float]:
+    """{k: pass@k} from a `compute_metrics` SUMMARY ("overall", a by_<key> group or a per_problem entry), in its
+    order: the "pass@<k>" keys, not their "_ci95" intervals or the counts."""
+    return {int(key[5:]): float(v) for key, v in summary.items() if key.startswith("pass@") and key[5:].isdigit()}
+
+
 def write_metrics_json(
     path,
     metrics: Mapping[str, Any],
@@ -177,7 +191,7 @@ def plot_pass_at_k(metrics: Mapping[str, Any], path, group: str = "difficulty", 
     from ssd_jax.figures import new_figure, save_figure
 
     rows = [("overall", metrics["overall"])] + list(metrics.get(f"by_{group}", {}).items())
-    ks = [int(key.split("@")[1]) for key in metrics["overall"] if key.startswith("pass@") and "_ci" not in key]
+    ks = list(pass_at_k_values(metrics["overall"]))
     fig, ax = new_figure(figsize=(1.6 + 1.3 * len(rows), 3.6))
     width = 0.8 / max(len(ks), 1)
     for j, k in enumerate(ks):

@@ -8,7 +8,7 @@ import pytest
 
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.evaluation.metrics import (bootstrap_ci, check_ks, compute_metrics, error_counts, pass_at_k,
-                                        plot_pass_at_k, write_metrics_json)
+                                        pass_at_k_values, plot_pass_at_k, write_metrics_json)
 
 
 @pytest.mark.parametrize("k", [1, 5])
@@ -71,6 +71,8 @@ def test_grouped_means_are_unweighted_over_problems():
     assert m["per_problem"]["h1"] == {"n": 2, "c": 1, "pass@1": 0.5, "pass@2": 1.0}
     lo, hi = m["overall"]["pass@1_ci95"]
     assert 0.0 <= lo <= 0.375 <= hi <= 1.0
+    assert pass_at_k_values(m["overall"]) == {1: pytest.approx(0.375), 2: pytest.approx(0.5)}
+    assert pass_at_k_values(m["per_problem"]["h1"]) == {1: 0.5, 2: 1.0}
 
 
 def test_compute_metrics_refuses_k_above_n():
