@@ -25,7 +25,7 @@ from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
-from ssd_jax.evaluation.grader import grade_record, problem_payload
+from ssd_jax.evaluation.grader import grade_record, humaneval_timeout, problem_payload
 from ssd_jax.evaluation.pool import WorkerPool
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
@@ -165,7 +165,7 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
                                n=cfg.decode.n,
                                grader_mode="humaneval" if humaneval else cfg.grader.mode,
                                isolation=",".join(isolation),
-                               timeout_s=min(cfg.grader.timeout_s, 3.0) if humaneval else cfg.grader.timeout_s,
+                               timeout_s=humaneval_timeout(cfg.grader.timeout_s) if humaneval else cfg.grader.timeout_s,
                                extraction=cfg.grader.resolved_extraction(),
                                grader_options=None if humaneval else _grader_options(cfg),
                                extra={"problems": report, "prompt": asdict(cfg.prompt), "backend": cfg.backend,

