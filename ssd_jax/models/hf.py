@@ -197,7 +197,13 @@ class KeyRule:
 
     hf: str
     jax: str
-    kind: str  # same | flat | linear | linear_in2
+    kind: str  # one of KINDS
+
+    KINDS = ("same", "flat", "linear", "linear_in2")
+
+    def __post_init__(self):
+        if self.kind not in self.KINDS:
+            raise ValueError(f"key rule {self.hf!r}: kind {self.kind!r} is not one of {self.KINDS}")
 
     @property
     def hf_re(self) -> re.Pattern:
@@ -240,13 +246,8 @@ class KeyRule:
 
 
 def key_rules(family) -> list[KeyRule]:
-    """The family's key map; "reshape" means same shape (embeddings, norms) or flat in HF (biases)."""
-    rules = []
-    for hf, jx, kind in family.KEY_RULES:
-        if kind == "reshape":
-            kind = "flat" if jx.endswith("_bias") else "same"
-        rules.append(KeyRule(hf, jx, kind))
-    return rules
+    """The family's key map (its KEY_RULES table), which both loading and export read."""
+    return [KeyRule(hf, jx, kind) for hf, jx, kind in family.KEY_RULES]
 
 
 def _match_hf(cfg: ModelConfig, rules: list[KeyRule], key: str) -> tuple[KeyRule, str, tuple[int, ...]] | None:

@@ -13,29 +13,30 @@ ARCHITECTURES = ("LlamaForCausalLM",)
 
 # (HF key template, JAX param path template, transform). `{layer}` is the HF layer index on the HF side; on the JAX
 # side it names the layer's stack, and the layer is a position along that parameter's leading axis (hf.py maps one
-# to the other with ModelConfig.layer_slot). Transforms are defined in hf.py: "linear" transposes (out, in) →
-# (in, out) then reshapes to the JAX shape, "linear_in2" is the same for a kernel whose *input* spans two JAX axes
-# (o_proj), "reshape" only reshapes.
+# to the other with ModelConfig.layer_slot). Transforms (hf.KeyRule, used to load and to export): "linear" transposes
+# (out, in) → (in, out) then reshapes to the JAX shape, "linear_in2" is the same for a kernel whose *input* spans
+# two JAX axes (o_proj), "same" keeps the shape (embeddings, norms), "flat" is a 1-D HF tensor reshaped to the JAX
+# shape (biases: (heads * head_dim,) → (heads, head_dim)).
 KEY_RULES: list[tuple[str, str, str]] = [
-    ("model.embed_tokens.weight", "embed", "reshape"),
-    ("model.norm.weight", "norm.scale", "reshape"),
+    ("model.embed_tokens.weight", "embed", "same"),
+    ("model.norm.weight", "norm.scale", "same"),
     ("lm_head.weight", "lm_head", "linear"),
-    ("model.layers.{layer}.input_layernorm.weight", "layers.{layer}.input_layernorm.scale", "reshape"),
-    ("model.layers.{layer}.post_attention_layernorm.weight", "layers.{layer}.post_attention_layernorm.scale", "reshape"),
+    ("model.layers.{layer}.input_layernorm.weight", "layers.{layer}.input_layernorm.scale", "same"),
+    ("model.layers.{layer}.post_attention_layernorm.weight", "layers.{layer}.post_attention_layernorm.scale", "same"),
     ("model.layers.{layer}.self_attn.q_proj.weight", "layers.{layer}.attn.q_proj", "linear"),
     ("model.layers.{layer}.self_attn.k_proj.weight", "layers.{layer}.attn.k_proj", "linear"),
     ("model.layers.{layer}.self_attn.v_proj.weight", "layers.{layer}.attn.v_proj", "linear"),
     ("model.layers.{layer}.self_attn.o_proj.weight", "layers.{layer}.attn.o_proj", "linear_in2"),
-    ("model.layers.{layer}.self_attn.q_proj.bias", "layers.{layer}.attn.q_bias", "reshape"),
-    ("model.layers.{layer}.self_attn.k_proj.bias", "layers.{layer}.attn.k_bias", "reshape"),
-    ("model.layers.{layer}.self_attn.v_proj.bias", "layers.{layer}.attn.v_bias", "reshape"),
-    ("model.layers.{layer}.self_attn.o_proj.bias", "layers.{layer}.attn.o_bias", "reshape"),
+    ("model.layers.{layer}.self_attn.q_proj.bias", "layers.{layer}.attn.q_bias", "flat"),
+    ("model.layers.{layer}.self_attn.k_proj.bias", "layers.{layer}.attn.k_bias", "flat"),
+    ("model.layers.{layer}.self_attn.v_proj.bias", "layers.{layer}.attn.v_bias", "flat"),
+    ("model.layers.{layer}.self_attn.o_proj.bias", "layers.{layer}.attn.o_bias", "flat"),
     ("model.layers.{layer}.mlp.gate_proj.weight", "layers.{layer}.mlp.gate_proj", "linear"),
     ("model.layers.{layer}.mlp.up_proj.weight", "layers.{layer}.mlp.up_proj", "linear"),
     ("model.layers.{layer}.mlp.down_proj.weight", "layers.{layer}.mlp.down_proj", "linear"),
-    ("model.layers.{layer}.mlp.gate_proj.bias", "layers.{layer}.mlp.gate_bias", "reshape"),
-    ("model.layers.{layer}.mlp.up_proj.bias", "layers.{layer}.mlp.up_bias", "reshape"),
-    ("model.layers.{layer}.mlp.down_proj.bias", "layers.{layer}.mlp.down_bias", "reshape"),
+    ("model.layers.{layer}.mlp.gate_proj.bias", "layers.{layer}.mlp.gate_bias", "flat"),
+    ("model.layers.{layer}.mlp.up_proj.bias", "layers.{layer}.mlp.up_bias", "flat"),
+    ("model.layers.{layer}.mlp.down_proj.bias", "layers.{layer}.mlp.down_bias", "flat"),
 ]
 
 

@@ -9,8 +9,8 @@ from ssd_jax.models.transformer import ModelConfig
 ARCHITECTURES = ("Qwen3ForCausalLM",)
 
 KEY_RULES = llama.KEY_RULES + [
-    ("model.layers.{layer}.self_attn.q_norm.weight", "layers.{layer}.attn.q_norm.scale", "reshape"),
-    ("model.layers.{layer}.self_attn.k_norm.weight", "layers.{layer}.attn.k_norm.scale", "reshape"),
+    ("model.layers.{layer}.self_attn.q_norm.weight", "layers.{layer}.attn.q_norm.scale", "same"),
+    ("model.layers.{layer}.self_attn.k_norm.weight", "layers.{layer}.attn.k_norm.scale", "same"),
 ]
 
 
