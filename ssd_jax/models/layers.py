@@ -152,6 +152,8 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
+        # A tuple of Python floats is static graph data: an array attribute would be an NNX state leaf, i.e. land in
+        # the checkpoint, the optimizer and the HF key map. It becomes a compile-time constant at trace time.
         self._inv_freq = tuple(float(f) for f in rope_inv_freq(cfg.rope, hd))
         self.impl = cfg.attention_impl
 
