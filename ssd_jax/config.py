@@ -570,14 +570,10 @@ def load_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] = (),
-                section: str | None = None) -> T:
-    """Load `cls` from a YAML file (optionally one top-level `section` of it) plus dotted overrides."""
+def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] = ()) -> T:
+    """Load `cls` from a YAML file plus dotted overrides."""
     data = load_yaml(path) if path else {}
     where = str(path) if path else "config"
-    if section is not None:
-        data = data.get(section, {}) or {}
-        where = f"{where}:{section}"
     data = apply_overrides(data, list(overrides))
     return from_dict(cls, data, where)
 
