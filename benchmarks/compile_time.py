@@ -23,8 +23,8 @@ import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ssd_jax.config import OptimConfig  # noqa: E402
-from ssd_jax.models.layers import RopeConfig  # noqa: E402
-from ssd_jax.models.transformer import CausalLM, ModelConfig, MoEConfig  # noqa: E402
+from ssd_jax.models.config import ModelConfig, MoEConfig, RopeConfig  # noqa: E402
+from ssd_jax.models.transformer import CausalLM  # noqa: E402
 from ssd_jax.train import optim  # noqa: E402
 from ssd_jax.train.step import make_train_step  # noqa: E402
 

@@ -37,8 +37,7 @@ def emit(section: str, **fields) -> None:
 
 def dense_config(tiny: bool, attention: str = "auto"):
     """Qwen3-0.6B's shape (28 layers, d 1024, 16 q / 8 kv heads of 128, MLP 3072, vocab 151,936, tied)."""
-    from ssd_jax.models.layers import RopeConfig
-    from ssd_jax.models.transformer import ModelConfig
+    from ssd_jax.models.config import ModelConfig, RopeConfig
 
     if tiny:
         shape = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
@@ -53,8 +52,7 @@ def dense_config(tiny: bool, attention: str = "auto"):
 
 def moe_config(tiny: bool, impl: str = "sharded"):
     """A Qwen3-30B-A3B layer shape (d 2048, 128 experts of 768, top-8, 32 q / 4 kv heads) at 4 layers."""
-    from ssd_jax.models.layers import RopeConfig
-    from ssd_jax.models.transformer import ModelConfig, MoEConfig
+    from ssd_jax.models.config import ModelConfig, MoEConfig, RopeConfig
 
     if tiny:
         shape = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,

@@ -7,7 +7,8 @@ from types import ModuleType
 from ssd_jax.errors import CheckpointError
 from ssd_jax.models import llama, qwen3, qwen3_moe
 from ssd_jax.models.layers import KVCache
-from ssd_jax.models.transformer import CausalLM, ModelConfig, MoEConfig, Output, padded_positions
+from ssd_jax.models.config import ModelConfig, MoEConfig
+from ssd_jax.models.transformer import CausalLM, Output, padded_positions
 
 FAMILIES: dict[str, ModuleType] = {arch: fam for fam in (llama, qwen3, qwen3_moe) for arch in fam.ARCHITECTURES}
 

@@ -37,7 +37,8 @@ from ssd_jax import bundled, distributed
 from ssd_jax.errors import CheckpointError
 from ssd_jax.io_utils import replace_dir
 from ssd_jax.models import family_for
-from ssd_jax.models.transformer import CausalLM, ModelConfig
+from ssd_jax.models.config import ModelConfig
+from ssd_jax.models.transformer import CausalLM
 from ssd_jax.sharding import param_sharding, path_str
 
 if TYPE_CHECKING:

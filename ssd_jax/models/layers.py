@@ -12,7 +12,6 @@ Layouts (JAX side, chosen so that every matmul is an einsum over named axes that
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import jax
@@ -20,44 +19,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ssd_jax.errors import CheckpointError
 from ssd_jax.models import moe
 from ssd_jax.models.attention import attend
+from ssd_jax.models.config import ModelConfig, RopeConfig
 
 Array = jax.Array
-
-
-@dataclass(frozen=True)
-class RopeConfig:
-    """Rotary embedding settings as HF's `rope_parameters` (or legacy `rope_theta`/`rope_scaling`) give them."""
-
-    theta: float = 10000.0
-    rope_type: str = "default"  # default | linear | llama3
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position_embeddings: int = 8192
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "RopeConfig":
-        params = hf.get("rope_parameters") or {}
-        scaling = hf.get("rope_scaling") or {}
-        merged = {**scaling, **params}
-        theta = merged.get("rope_theta", hf.get("rope_theta", 10000.0))
-        rope_type = merged.get("rope_type", merged.get("type", "default"))
-        if rope_type not in ("default", "linear", "llama3"):
-            raise CheckpointError(
-                f"config.json: rope type {rope_type!r} (key rope_parameters.rope_type) is not supported; "
-                "expected one of default, linear, llama3"
-            )
-        kw = dict(theta=float(theta), rope_type=rope_type)
-        if rope_type in ("linear", "llama3"):
-            kw["factor"] = float(merged["factor"])
-        if rope_type == "llama3":
-            kw["low_freq_factor"] = float(merged["low_freq_factor"])
-            kw["high_freq_factor"] = float(merged["high_freq_factor"])
-            kw["original_max_position_embeddings"] = int(merged["original_max_position_embeddings"])
-        return cls(**kw)
 
 
 def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
@@ -135,7 +101,7 @@ class KVCache(NamedTuple):
 class Attention(nnx.Module):
     """Grouped-query attention with optional q/k RMSNorm (Qwen3) and biases (Llama `attention_bias`)."""
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         d, h, k, hd, pd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.param_dtype
         self.num_heads, self.num_kv_heads, self.head_dim = h, k, hd
         self.dtype = cfg.dtype
@@ -203,7 +169,7 @@ class Attention(nnx.Module):
 class MLP(nnx.Module):
     """SwiGLU: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, hidden: int, inter: int, cfg, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, inter: int, cfg: ModelConfig, rngs: nnx.Rngs):
         pd = cfg.param_dtype
         self.dtype = cfg.dtype
         self.gate_proj = nnx.Param(_init(rngs, (hidden, inter), pd))
@@ -236,7 +202,7 @@ class MoE(nnx.Module):
     `ragged_dot` reference; "dense" runs every expert on every token (exact, E/k× the FLOPs).
     """
 
-    def __init__(self, cfg, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         m, pd = cfg.moe, cfg.param_dtype
         d, e, f = cfg.hidden_size, m.num_experts, m.intermediate_size
         self.dtype, self.top_k, self.norm_topk_prob = cfg.dtype, m.top_k, m.norm_topk_prob

@@ -6,8 +6,7 @@ The module is the shared `CausalLM`; Llama's switches are `attention_bias`/`mlp_
 from __future__ import annotations
 
 from ssd_jax.errors import CheckpointError
-from ssd_jax.models.layers import RopeConfig
-from ssd_jax.models.transformer import ModelConfig
+from ssd_jax.models.config import ModelConfig, RopeConfig
 
 ARCHITECTURES = ("LlamaForCausalLM",)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ssd_jax.errors import CheckpointError
 from ssd_jax.models import llama
-from ssd_jax.models.transformer import ModelConfig
+from ssd_jax.models.config import ModelConfig
 
 ARCHITECTURES = ("Qwen3ForCausalLM",)
 

@@ -7,7 +7,7 @@ into (experts, in, out) kernels so the expert axis can be sharded and fed to `ra
 from __future__ import annotations
 
 from ssd_jax.models import llama, qwen3
-from ssd_jax.models.transformer import ModelConfig, MoEConfig
+from ssd_jax.models.config import ModelConfig, MoEConfig
 
 ARCHITECTURES = ("Qwen3MoeForCausalLM",)
 
