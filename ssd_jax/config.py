@@ -305,8 +305,9 @@ class EvalConfig(GenerationConfig):
 
 @dataclass
 class FilterConfig:
-    """Which degenerate samples to drop (the sources disagree: data/filters.py). A preset (paper, released, trl: presets.FILTER_PRESETS) fills
-    the fields left null; a value written here always wins; without a preset, null is the default named below."""
+    """Which degenerate samples to drop (the sources disagree: data/filters.py). A preset (paper, released, trl:
+    presets.FILTER_PRESETS) fills the fields left null; a value written here always wins; without a preset, null is
+    the default named below."""
 
     preset: str | None = None
     drop_empty: bool | None = None  # default true

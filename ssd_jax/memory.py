@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import os
 import resource
@@ -37,16 +38,12 @@ def return_freed_memory() -> None:
         trim(0)
 
 
-_TRIM: list = []
-
-
+@functools.cache
 def _malloc_trim():
-    if not _TRIM:
-        try:
-            _TRIM.append(ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim)
-        except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-            _TRIM.append(None)
-    return _TRIM[0]
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
 
 
 def rss_bytes() -> int:
@@ -60,14 +57,8 @@ def rss_bytes() -> int:
 
 def peak_rss_bytes() -> int:
     """This process's RSS high-water mark since it started."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    hwm = _vm_hwm("self")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
 
 def device_peak_bytes() -> int | None:
@@ -143,7 +134,7 @@ def stage_peak() -> Iterator[dict]:
         mem.update(record(stage.stop(), "stage", time.perf_counter() - t0, device_peak_bytes()))
 
 
-def _vm_hwm(pid: int) -> int | None:
+def _vm_hwm(pid: int | str) -> int | None:
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:

@@ -182,7 +182,8 @@ def hidden_states(base, student, tokens, segment_ids):
     from ssd_jax.models.transformer import padded_positions
 
     positions = padded_positions(segment_ids)
-    run = lambda m: m(tokens, positions=positions, segment_ids=segment_ids, return_hidden=True).last_hidden  # noqa: E731
+    run = lambda m: m(tokens, positions=positions, segment_ids=segment_ids,  # noqa: E731
+                      return_hidden=True).last_hidden
     return run(base), run(student)
 
 

@@ -1,6 +1,7 @@
 """Step two of SSD: drop degenerate samples. Each rule is a switch and every drop is counted with its reason.
 
-The sources disagree (the paper §2; apple/ml-ssd's data_generation/generate.py; TRL's SSDTrainer), so each reading is a preset (presets.FILTER_PRESETS):
+The sources disagree (the paper §2; apple/ml-ssd's data_generation/generate.py; TRL's SSDTrainer), so each
+reading is a preset (presets.FILTER_PRESETS):
 - `paper`: drop empty responses and single-line stubs. The paper never defines a stub, so `stub_rule` picks one
   of the three readings in circulation (each on the stripped response):
     no_newline  no newline at all (the broadest: a correct one-line program is a stub too; the default)
