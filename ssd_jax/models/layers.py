@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax.models import moe
-from ssd_jax.models.attention import attend
+from ssd_jax.models.attention import attend, attend_cache
 from ssd_jax.models.config import ModelConfig, RopeConfig
 
 Array = jax.Array
@@ -76,7 +76,9 @@ class RMSNorm(nnx.Module):
 class KVCache(NamedTuple):
     """Preallocated keys/values per layer stack plus the slot bookkeeping the attention mask needs.
 
-    `k[s]`/`v[s]` hold stack `s`'s layers, (layers, B, S, kv_heads, head_dim). `segment_ids[b, s]` is 0 for an empty
+    `k[s]` holds stack `s`'s keys as (layers, B, kv_heads, head_dim, S) and `v[s]` its values as (layers, B,
+    kv_heads, S, head_dim): in that layout a decode step's scores and weighted sum are plain matmuls per (row, kv
+    head) that read the cache in place (`attention.cached_einsum_attention`). `segment_ids[b, s]` is 0 for an empty
     or padding slot; `end` is the next slot to write (shared by the batch, which is left-padded). Kept functional
     (passed in, returned) so decode loops can carry it through `lax` loops.
     """
@@ -84,17 +86,16 @@ class KVCache(NamedTuple):
     k: tuple[Array, ...]
     v: tuple[Array, ...]
     segment_ids: Array  # (B, S) int32
-    end: Array  # () int32
+    end: Array | int  # () int32
 
     @classmethod
     def create(cls, stack_sizes: list[int], batch: int, max_len: int, kv_heads: int, head_dim: int,
                dtype) -> "KVCache":
-        zeros = lambda n: jnp.zeros((n, batch, max_len, kv_heads, head_dim), dtype)  # noqa: E731
         return cls(
-            k=tuple(zeros(n) for n in stack_sizes),
-            v=tuple(zeros(n) for n in stack_sizes),
+            k=tuple(jnp.zeros((n, batch, kv_heads, head_dim, max_len), dtype) for n in stack_sizes),
+            v=tuple(jnp.zeros((n, batch, kv_heads, max_len, head_dim), dtype) for n in stack_sizes),
             segment_ids=jnp.zeros((batch, max_len), jnp.int32),
-            end=jnp.zeros((), jnp.int32),
+            end=0,  # a Python int until it crosses a jit boundary: a prefill into a fresh cache skips the empty part
         )
 
 
@@ -149,17 +150,23 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
 
         if cache is None:
-            keys, values, kv_segment, start = k, v, segment_ids, 0
+            out = attend(q, k, v, segment_ids, segment_ids, 0, impl=self.impl, mesh=mesh)
             new_kv = None
         else:
             ck, cv, layer, kv_segment, start = cache
+            kt = jnp.transpose(k, (0, 2, 3, 1))  # (B, K, hd, T): the cache's key layout
+            vt = jnp.transpose(v, (0, 2, 1, 3))  # (B, K, T, hd)
+            out = attend_cache(q, kt, vt, ck[layer].astype(dt), cv[layer].astype(dt), segment_ids, kv_segment,
+                               start, impl=self.impl, mesh=mesh)
+            # The new keys are written after attention has read the old cache, so XLA can update it in place (see
+            # attend_cache). Nothing else orders the write after the reads (the new keys do not depend on the
+            # attention output), and XLA would copy the whole cache to allow either order: this zero term, which
+            # XLA does not fold for floats, makes the written values wait for the output.
+            dep = out[0, 0, 0, 0].astype(ck.dtype) * 0
             zero = jnp.zeros((), jnp.int32)
-            at = (layer, zero, start, zero, zero)
-            ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype)[None], at)
-            cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype)[None], at)
-            keys, values = ck[layer], cv[layer]
+            ck = jax.lax.dynamic_update_slice(ck, (kt.astype(ck.dtype) + dep)[None], (layer, zero, zero, zero, start))
+            cv = jax.lax.dynamic_update_slice(cv, (vt.astype(cv.dtype) + dep)[None], (layer, zero, zero, start, zero))
             new_kv = (ck, cv)
-        out = attend(q, keys.astype(dt), values.astype(dt), segment_ids, kv_segment, start, impl=self.impl, mesh=mesh)
         y = jnp.einsum("bthk,hkd->btd", out, self.o_proj[...].astype(dt))
         if self.use_bias:
             y = y + self.o_bias[...].astype(dt)

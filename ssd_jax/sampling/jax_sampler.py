@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax.models.transformer import KVCache, padded_positions
-from ssd_jax.sampling.truncation import truncated_logprobs
+from ssd_jax.sampling.truncation import sample
 from ssd_jax.sampling.types import Completion, SamplingParams, collect
 
 __all__ = ["JaxSampler", "Completion", "SamplingParams", "collect"]
@@ -64,10 +64,8 @@ def _decode_chunk(model, state: DecodeState, params, eos_ids, chunk) -> DecodeSt
 
     def body(carry):
         i, (logits, cache, pos, step, done, toks, lps, n) = carry
-        lp = truncated_logprobs(logits, temperature, top_k, top_p)
         step_keys = jax.vmap(jax.random.fold_in)(keys, jnp.broadcast_to(step, keys.shape[:1]))
-        tok = jax.vmap(jax.random.categorical)(step_keys, lp).astype(jnp.int32)
-        tok_lp = jnp.take_along_axis(lp, tok[:, None], axis=-1)[:, 0]
+        tok, tok_lp = sample(logits, temperature, top_k, top_p, step_keys)
         active = ~done
         toks = toks.at[:, step].set(jnp.where(active, tok, 0))
         lps = lps.at[:, step].set(jnp.where(active, tok_lp, 0.0))

@@ -360,3 +360,37 @@ def _temp_bytes(impl: str, backward: bool, t: int = 2048, block: int = 256) -> i
 def test_blockwise_temp_memory_is_a_fraction_of_einsum(backward):
     einsum, blockwise = _temp_bytes("einsum", backward), _temp_bytes("blockwise", backward)
     assert blockwise * 8 <= einsum, (blockwise, einsum)
+
+
+@pytest.mark.parametrize("impl", ["einsum", "blockwise"])
+def test_attend_cache_matches_attend_over_the_written_cache(impl):
+    """`attend_cache` takes the new keys and the cache before they are written, both in the cache layout (keys
+    (B, K, hd, S), values (B, K, S, hd)); it must equal `attend` over the written cache in (B, S, K, hd). Slots at
+    and after q_start hold garbage in the old cache: they must not be read. Covers a 3-token chunk and a decode
+    step at a traced q_start (left padding, a finished row) and a prefill at a static q_start of 0."""
+    s, h, kh = 24, 4, 2
+    _, k, v = _qkv(11, 2, 1, s, h, kh)
+    to_cache = lambda x, key: jnp.transpose(x, (0, 2, 3, 1) if key else (0, 2, 1, 3))  # noqa: E731
+    run = jax.jit(functools.partial(A.attend_cache, impl=impl))
+    ref = jax.jit(functools.partial(A.attend, impl="einsum"))
+    for start, t in [(9, 3), (17, 1), (0, 5)]:
+        kv_seg = np.zeros((2, s), np.int32)
+        kv_seg[0, : start + t] = 1
+        kv_seg[1, 2 : start + t] = 5  # left-padded
+        q_seg = kv_seg[:, start : start + t].copy()
+        if t == 1:
+            q_seg[1] = 0  # a finished row: a padding query
+        q = _normal(start, 2, t, h, 16)
+        garbage = _normal(99, *k.shape) * 100
+        old_k = jnp.where((jnp.arange(s) < start)[None, :, None, None], k, garbage)
+        old_v = jnp.where((jnp.arange(s) < start)[None, :, None, None], v, garbage)
+        new_k, new_v = k[:, start : start + t], v[:, start : start + t]
+        args = (q, to_cache(new_k, True), to_cache(new_v, False), to_cache(old_k, True), to_cache(old_v, False),
+                jnp.asarray(q_seg), jnp.asarray(kv_seg))
+        if start == 0:  # static: the prefill path that skips the cache
+            got = jax.jit(lambda *a: A.attend_cache(*a, 0, impl=impl))(*args)
+        else:
+            got = run(*args, jnp.int32(start))
+        want = ref(q, k, v, jnp.asarray(q_seg), jnp.asarray(kv_seg), jnp.int32(start))
+        assert _all_finite(got)
+        assert _max_diff(got, want, jnp.asarray(q_seg != 0)) <= TOL, (start, t)

@@ -121,3 +121,28 @@ def test_sharded_sampler_matches_single_device(tiny_dir):
     sharded = JaxSampler(hf.load(d, mesh=mesh), batch_size=8, max_prompt_len=16, max_new_tokens=12, chunk=4,
                          prompt_bucket=16, mesh=mesh, eos_token_ids=[]).generate(prompts, params)
     assert [c.token_ids for c in sharded] == [c.token_ids for c in single]
+
+
+def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler):
+    """The compiled decode loop writes each layer's new keys into the donated cache without copying it: no copy
+    of a cache-shaped buffer anywhere in the HLO (a copy per layer and token cost more than the model's matmuls at
+    32 rows × 704 slots). Guards the cache layout and the write-after-read ordering in layers.Attention."""
+    import re
+
+    import jax.numpy as jnp
+
+    from ssd_jax.sampling import jax_sampler as js
+
+    model, sampler = tiny_sampler
+    b, s = sampler.batch_size, sampler.max_prompt_len + sampler.max_new_tokens
+    tokens = np.ones((b, sampler.bucket), np.int32)
+    logits, cache, pos = js._prefill(model, tokens, tokens, s)
+    state = js.DecodeState(logits, cache, pos, jnp.int32(0), jnp.zeros(b, bool), jnp.zeros((b, 24), jnp.int32),
+                           jnp.zeros((b, 24), jnp.float32), jnp.zeros(b, jnp.int32))
+    params = (jnp.ones(b), jnp.full(b, 20, jnp.int32), jnp.full(b, 0.9), jnp.zeros((b, 2), jnp.uint32),
+              jnp.full(b, 24, jnp.int32))
+    hlo = js._decode_chunk.lower(model, state, params, sampler.eos, 4).compile().as_text()
+    shapes = {",".join(map(str, x.shape)) for x in cache.k + cache.v}
+    copies = [ln for ln in hlo.splitlines() if re.search(r"= f32\[(%s)\]\{[\d,]*\} copy\(" % "|".join(shapes), ln)]
+    assert "dynamic-update-slice" in hlo
+    assert not copies, copies[:3]

@@ -119,3 +119,36 @@ def test_partial_sort_path_and_its_fallback_keep_every_tie(n_tied):
             np.testing.assert_array_equal(np.asarray(keep[r]), reference(logits[r], t, k, p)[0])
     _, keep = truncate(logits, 1.0, 20, 1.0)
     assert int(np.asarray(keep[0]).sum()) == n_tied
+
+
+def test_sample_draws_the_truncated_distribution_on_both_paths():
+    """`sample` (Gumbel-max with noise hashed from (key, token id)) against `truncated_logprobs`: every drawn token
+    is kept and carries its log-prob; 20k draws per path follow the distribution (χ²); a row's token is the same
+    on the partial-sort path and on the full path (forced by one top_k=0 row in the batch); greedy rows take the
+    argmax of the raw logits."""
+    import jax
+    from scipy import stats
+
+    from ssd_jax.sampling.truncation import sample
+
+    rng = np.random.RandomState(7)
+    row = (rng.randn(300) * 2).astype(np.float32)
+    n = 20_000
+    keys = jax.random.split(jax.random.PRNGKey(0), n)
+    for t, k, p in [(1.2, 20, 0.9), (0.9, 0, 0.8)]:  # the partial-sort path, then the full one
+        want = np.exp(np.asarray(truncated_logprobs(row[None], t, k, p))[0].astype(np.float64))
+        tok, lp = sample(np.broadcast_to(row, (n, 300)), t, k, p, keys)
+        tok, lp = np.asarray(tok), np.asarray(lp)
+        assert np.all(want[tok] > 0)
+        np.testing.assert_allclose(np.exp(lp), want[tok], rtol=1e-5)
+        support = np.flatnonzero(want > 0)
+        counts = np.array([(tok == s).sum() for s in support])
+        assert stats.chisquare(counts, want[support] / want[support].sum() * n).pvalue > 1e-3
+    logits = (rng.randn(4, 300) * 2).astype(np.float32)
+    ks = jax.random.split(jax.random.PRNGKey(1), 4)
+    fast, _ = sample(logits[:3], 1.0, 20, 0.95, ks[:3])
+    mixed, _ = sample(logits, np.array([1.0, 1.0, 1.0, 1.0]), np.array([20, 20, 20, 0]), 0.95, ks)
+    np.testing.assert_array_equal(np.asarray(fast), np.asarray(mixed)[:3])
+    greedy, glp = sample(logits, np.array([0.0, 1.0, 0.0, 1.0]), 20, 0.9, ks)
+    assert np.asarray(greedy)[[0, 2]].tolist() == np.argmax(logits[[0, 2]], axis=-1).tolist()
+    assert np.asarray(glp)[[0, 2]].tolist() == [0.0, 0.0]
