@@ -3,7 +3,8 @@
 Shapes are fixed per sampler (batch rows, prompt bucket, cache length), so the prefill and the decode loop compile
 once and are reused for every batch. Prompts are left-padded into a bucket; each row carries its own truncation
 setting and its own PRNG stream (`fold_in(seed, request index)`, then the step), so a request's tokens do not
-depend on which other requests share its batch. The decode loop runs `chunk` tokens per jitted call inside a
+depend on which other requests share its batch. The n samples of one prompt share one prefill (pass@k evaluation
+prefills each problem once, not n times). The decode loop runs `chunk` tokens per jitted call inside a
 `lax.while_loop` that stops early once every row has hit EOS; stop strings are checked on the host between chunks.
 """
 
@@ -49,6 +50,15 @@ def _prefill(model, tokens, segment_ids, cache_len):
     out = model(tokens, positions=positions, segment_ids=segment_ids, cache=cache, return_hidden=True)
     next_pos = jnp.sum(segment_ids, axis=1).astype(jnp.int32)
     return model.logits(out.last_hidden[:, -1:])[:, 0], out.cache, next_pos
+
+
+@jax.jit
+def _spread(logits, cache: KVCache, pos, source):
+    """Rows `source` (B,) of a prefill's outputs: each decode row starts from its prompt's prefilled row."""
+    rows = lambda x, axis: jnp.take(x, source, axis=axis)  # noqa: E731
+    cache = KVCache(tuple(rows(k, 1) for k in cache.k), tuple(rows(v, 1) for v in cache.v),
+                    rows(cache.segment_ids, 0), cache.end)
+    return rows(logits, 0), cache, rows(pos, 0)
 
 
 @functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,), graph_updates=False)
@@ -126,8 +136,9 @@ class JaxSampler:
                 todo.append(i)
         if too_long:
             yield too_long
-        # Group by prompt bucket so short prompts do not pay for long ones.
-        todo.sort(key=lambda i: (-(-len(ids[i]) // self.bucket), i))
+        # Group by prompt bucket so short prompts do not pay for long ones, and the samples of one prompt together
+        # so that a batch prefills each distinct prompt once.
+        todo.sort(key=lambda i: (-(-len(ids[i]) // self.bucket), ids[i], i))
         for start in range(0, len(todo), self.batch_size):
             group = todo[start : start + self.batch_size]
             outs = self._generate_batch([ids[i] for i in group], [params[i] for i in group],
@@ -142,12 +153,17 @@ class JaxSampler:
         if max_new > self.max_new_tokens:
             raise ValueError(f"max_tokens={max_new} exceeds this sampler's max_new_tokens={self.max_new_tokens}")
         cache_len = self.max_prompt_len + self.max_new_tokens
-        tokens = np.zeros((b, plen), np.int32)
-        seg = np.zeros((b, plen), np.int32)
-        for r, p in enumerate(prompts):
+        # Each distinct prompt is prefilled once (n samples of a problem share it), in the smallest of b/4, b/2, b
+        # rows that holds them; its cache row is then copied to every row that samples from it.
+        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        rows = next(n for n in (max(1, b // 4), max(1, b // 2), b) if n >= len(distinct))
+        source = [distinct.index(tuple(p)) for p in prompts] + [0] * (b - real)
+        tokens = np.zeros((rows, plen), np.int32)
+        seg = np.zeros((rows, plen), np.int32)
+        for r, p in enumerate(distinct):
             tokens[r, plen - len(p) :] = p
             seg[r, plen - len(p) :] = 1
-        seg[real:, -1] = 1  # dummy rows: one token so nothing is fully masked
+        seg[len(distinct) :, -1] = 1  # dummy rows: one token so nothing is fully masked
         pad = [params[0]] * (b - real)
         allp = list(params) + pad
         temperature = np.asarray([p.temperature for p in allp], np.float32)
@@ -158,6 +174,8 @@ class JaxSampler:
                                      for p, rid in zip(allp, list(request_ids) + [0] * (b - real))]))
 
         logits, cache, pos = _prefill(self.model, self._place(tokens), self._place(seg), cache_len)
+        if rows != b or source != list(range(b)):
+            logits, cache, pos = _spread(logits, cache, pos, self._place(np.asarray(source, np.int32)))
         done = np.zeros(b, bool)
         done[real:] = True
         state = DecodeState(logits, cache, pos, jnp.int32(0), self._place(done),

@@ -146,3 +146,23 @@ def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler):
     copies = [ln for ln in hlo.splitlines() if re.search(r"= f32\[(%s)\]\{[\d,]*\} copy\(" % "|".join(shapes), ln)]
     assert "dynamic-update-slice" in hlo
     assert not copies, copies[:3]
+
+
+def test_samples_of_one_prompt_share_its_prefill(tiny_sampler, monkeypatch):
+    """Four requests over two distinct prompts: the batch prefills 2 rows (b/2), not 4, and every request still
+    gets exactly the tokens it gets alone (its cache row is copied from its prompt's prefilled row)."""
+    from ssd_jax.sampling import jax_sampler as js
+
+    _, sampler = tiny_sampler
+    prompts = [PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]]
+    params = [SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_tokens=10, seed=5)] * 4
+    rows = []
+    real_prefill = js._prefill
+    monkeypatch.setattr(js, "_prefill", lambda model, tokens, *a: rows.append(tokens.shape[0])
+                        or real_prefill(model, tokens, *a))
+    together = sampler.generate(prompts, params, request_ids=[1, 2, 3, 4])
+    assert rows == [2]
+    for i in range(4):
+        alone = sampler.generate([prompts[i]], [params[i]], request_ids=[1 + i])[0]
+        assert alone.token_ids == together[i].token_ids
+    assert together[0].token_ids != together[2].token_ids  # same prompt, own stream
