@@ -155,9 +155,11 @@ class JaxSampler:
         cache_len = self.max_prompt_len + self.max_new_tokens
         # Each distinct prompt is prefilled once (n samples of a problem share it), in the smallest of b/4, b/2, b
         # rows that holds them; its cache row is then copied to every row that samples from it.
-        distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+        distinct: dict[tuple, int] = {}  # prompt → its prefill row
+        for p in prompts:
+            distinct.setdefault(tuple(p), len(distinct))
         rows = next(n for n in (max(1, b // 4), max(1, b // 2), b) if n >= len(distinct))
-        source = [distinct.index(tuple(p)) for p in prompts] + [0] * (b - real)
+        source = [distinct[tuple(p)] for p in prompts] + [0] * (b - real)
         tokens = np.zeros((rows, plen), np.int32)
         seg = np.zeros((rows, plen), np.int32)
         for r, p in enumerate(distinct):

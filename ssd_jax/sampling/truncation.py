@@ -63,28 +63,22 @@ def _keep_fast_sorted(vals, idx, k, p):
     return jnp.zeros_like(keep_sorted).at[jnp.arange(vals.shape[0])[:, None], order].set(keep_sorted)
 
 
-def _keep_fast(tempered, k, p):
-    """Same result as `_keep_full` via `lax.top_k(FAST_K)` when every row has 0 < top_k <= FAST_K and no token
-    tied with the k-th value lies outside the candidates (checked by the caller): only FAST_K values are sorted."""
-    b, v = tempered.shape
-    vals, idx = jax.lax.top_k(tempered, FAST_K)
-    keep = _keep_fast_sorted(vals, idx, k, p)
-    return jnp.zeros((b, v), bool).at[jnp.arange(b)[:, None], idx].set(keep)
-
-
 def _prepare(logits: jax.Array, temperature, top_k, top_p):
-    """Rows of (raw fp32 logits, tempered logits, greedy, top_k, top_p, whether the partial-sort path is exact)."""
+    """Rows of (raw fp32 logits, tempered logits, greedy, top_k, top_p, top) where `top` is None when V <= FAST_K,
+    else ((vals, ids) of `lax.top_k(tempered, FAST_K)`, whether the partial-sort path over them is exact: every row
+    has 0 < top_k <= FAST_K and no token tied with the k-th value lies outside the candidates)."""
     v = logits.shape[-1]
     x = logits.reshape(-1, v).astype(jnp.float32)
     t, k, p = _rows_params(logits.shape[:-1], temperature, top_k, top_p)
     greedy = t < GREEDY_EPS
     tempered = x / jnp.where(greedy, 1.0, t)[:, None]
     if v <= FAST_K:
-        return x, tempered, greedy, k, p, jnp.bool_(False)
+        return x, tempered, greedy, k, p, None
+    vals, ids = jax.lax.top_k(tempered, FAST_K)  # descending
     small_k = jnp.all(greedy | ((k > 0) & (k <= FAST_K)))
-    kth = jnp.take_along_axis(jax.lax.top_k(tempered, FAST_K)[0], (jnp.clip(k, 1, FAST_K) - 1)[:, None], axis=-1)
+    kth = jnp.take_along_axis(vals, (jnp.clip(k, 1, FAST_K) - 1)[:, None], axis=-1)
     ties_inside = jnp.all(greedy[:, None] | (jnp.sum(tempered >= kth, axis=-1, keepdims=True) <= FAST_K))
-    return x, tempered, greedy, k, p, small_k & ties_inside
+    return x, tempered, greedy, k, p, ((vals, ids), small_k & ties_inside)
 
 
 def truncate(logits: jax.Array, temperature, top_k, top_p) -> tuple[jax.Array, jax.Array]:
@@ -94,13 +88,17 @@ def truncate(logits: jax.Array, temperature, top_k, top_p) -> tuple[jax.Array, j
     path; when every row uses a small top-k (the paper's settings: 20) a partial top-k sort gives the identical
     kept set (ties at the k-th value included: if any fall outside the candidates the full sort runs instead)."""
     shape, v = logits.shape, logits.shape[-1]
-    x, tempered, greedy, k, p, fast = _prepare(logits, temperature, top_k, top_p)
+    x, tempered, greedy, k, p, top = _prepare(logits, temperature, top_k, top_p)
     argmax = jax.nn.one_hot(jnp.argmax(x, axis=-1), v, dtype=bool)
-    if v > FAST_K:
-        kk = jnp.clip(k, 1, FAST_K)
+    if top is not None:
+        (vals, ids), fast = top
+        rows = jnp.arange(x.shape[0])[:, None]
+
+        def keep_fast():  # the candidates' mask scattered back to vocabulary order
+            return jnp.zeros(x.shape, bool).at[rows, ids].set(_keep_fast_sorted(vals, ids, jnp.clip(k, 1, FAST_K), p))
+
         keep = jax.lax.cond(jnp.all(greedy), lambda: argmax,
-                            lambda: jax.lax.cond(fast, lambda: _keep_fast(tempered, kk, p),
-                                                 lambda: _keep_full(tempered, k, p)))
+                            lambda: jax.lax.cond(fast, keep_fast, lambda: _keep_full(tempered, k, p)))
     else:
         keep = _keep_full(tempered, k, p)
     keep = jnp.where(greedy[:, None], argmax, keep)
@@ -136,19 +134,19 @@ def sample(logits: jax.Array, temperature, top_k, top_p, keys: jax.Array) -> tup
     decode step at 32 rows × 49,152), and the full path draws the same noise for the same tokens, so a row's token
     does not depend on which path its batch took. Greedy rows return the argmax of the raw logits (log-prob 0)."""
     n, v = logits.shape
-    x, tempered, greedy, k, p, fast = _prepare(logits, temperature, top_k, top_p)
+    x, tempered, greedy, k, p, top = _prepare(logits, temperature, top_k, top_p)
     keys = jnp.asarray(keys, jnp.uint32).reshape(n, 2)
-
-    def fast_path():
-        vals, idx = jax.lax.top_k(tempered, FAST_K)  # descending
-        keep = _keep_fast_sorted(vals, idx, jnp.clip(k, 1, FAST_K), p)
-        return _draw(vals, idx, keep, keys)
 
     def full_path():
         ids = jnp.broadcast_to(jnp.arange(v, dtype=jnp.int32), (n, v))
         return _draw(tempered, ids, _keep_full(tempered, k, p), keys)
 
-    tok, lp = jax.lax.cond(fast, fast_path, full_path) if v > FAST_K else full_path()
+    if top is None:
+        tok, lp = full_path()
+    else:
+        (vals, ids), fast = top
+        keep = lambda: _keep_fast_sorted(vals, ids, jnp.clip(k, 1, FAST_K), p)  # noqa: E731
+        tok, lp = jax.lax.cond(fast, lambda: _draw(vals, ids, keep(), keys), full_path)
     greedy_tok = jnp.argmax(x, axis=-1).astype(jnp.int32)
     return jnp.where(greedy, greedy_tok, tok.astype(jnp.int32)), jnp.where(greedy, 0.0, lp)
 
