@@ -187,10 +187,12 @@ def _grouped_attention(q: Array, parts: list[tuple[Array, Array, Array]]) -> Arr
                    floor) for kk, _, m in parts], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1)
     out, at = 0, 0
-    for kk, vv, _ in parts:
+    for kk, vv, _ in parts:  # fp32 accumulation (see layers.project), rounded once to the values' dtype
         n = kk.shape[-1]
-        out = out + jnp.einsum("bkms,bksd->bkmd", probs[..., at : at + n].astype(vv.dtype), vv)
+        out = out + jnp.einsum("bkms,bksd->bkmd", probs[..., at : at + n].astype(vv.dtype), vv,
+                               preferred_element_type=jnp.float32)
         at += n
+    out = out.astype(parts[0][1].dtype)
     return jnp.transpose(out.reshape(b, kv_heads, t, g, hd), (0, 2, 1, 3, 4)).reshape(b, t, h, hd)
 
 

@@ -121,3 +121,41 @@ def test_tied_embedding_is_one_parameter_with_summed_gradient(tiny_dir):
     # Both uses contribute: the gradient is not just the input-embedding rows of the seen tokens.
     unseen = np.setdiff1d(np.arange(model.cfg.vocab_size), ids)
     assert np.abs(got[unseen]).max() > 0
+
+
+@pytest.mark.parametrize("name", ["llama_bias_tied", "qwen3_untied"])
+def test_bf16_matmuls_take_bf16_operands_and_accumulate_in_fp32(tiny_dir, name):
+    """Every projection, attention product and LM head of a bf16 dense decoder is a bf16 × bf16 → fp32 dot: the form
+    XLA:CPU runs on AMX/AVX512-BF16 (a bf16 → bf16 dot is upcast and run as an fp32 GEMM), and what a GPU computes
+    anyway. Checked on the traced program (forward with a cache, as the sampler runs it), so it holds on any CPU.
+    (The MoE expert GEMMs are not covered: their CPU path is the test-size reference.)"""
+    import jax
+    from flax import nnx
+
+    model = hf.load(tiny_dir(name), dtype="bfloat16", param_dtype="bfloat16")
+    ids = jnp.ones((2, 4), jnp.int32)
+
+    graphdef, state = nnx.split(model)
+
+    def fwd(state, ids):
+        m = nnx.merge(graphdef, state)
+        return m(ids, cache=m.init_cache(2, 8)).logits
+
+    jaxpr = jax.make_jaxpr(fwd)(state, ids)
+
+    def dots(jp):
+        for eqn in jp.eqns:
+            if eqn.primitive.name == "dot_general":
+                yield eqn
+            for v in eqn.params.values():
+                for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                    inner = getattr(sub, "jaxpr", None)
+                    if inner is not None:
+                        yield from dots(getattr(inner, "jaxpr", inner))
+
+    found = list(dots(jaxpr.jaxpr))
+    assert len(found) >= 6 * model.cfg.num_layers // 2  # the layers are scanned: each stack body is traced once
+    for eqn in found:
+        ins = [v.aval.dtype for v in eqn.invars]
+        assert ins == [jnp.bfloat16, jnp.bfloat16] and eqn.params["preferred_element_type"] == jnp.float32, (
+            str(eqn)[:300])
