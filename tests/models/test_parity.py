@@ -1,5 +1,7 @@
 """JAX decoders vs transformers in fp32 on tiny random models covering every switch, padded both ways."""
 
+import functools
+
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -127,21 +129,19 @@ def test_tied_embedding_is_one_parameter_with_summed_gradient(tiny_dir):
 def test_bf16_matmuls_take_bf16_operands_and_accumulate_in_fp32(tiny_dir, name):
     """Every projection, attention product and LM head of a bf16 dense decoder is a bf16 × bf16 → fp32 dot: the form
     XLA:CPU runs on AMX/AVX512-BF16 (a bf16 → bf16 dot is upcast and run as an fp32 GEMM), and what a GPU computes
-    anyway. Checked on the traced program (forward with a cache, as the sampler runs it), so it holds on any CPU.
+    anyway. Checked on the traced programs, so it holds on any CPU. With a KV cache (as the sampler runs) the
+    attention products take the cache's dtype, fp32 on CPU (see layers.KVCache); the projections stay bf16.
     (The MoE expert GEMMs are not covered: their CPU path is the test-size reference.)"""
     import jax
     from flax import nnx
 
     model = hf.load(tiny_dir(name), dtype="bfloat16", param_dtype="bfloat16")
     ids = jnp.ones((2, 4), jnp.int32)
-
     graphdef, state = nnx.split(model)
 
-    def fwd(state, ids):
+    def fwd(state, ids, cached):
         m = nnx.merge(graphdef, state)
-        return m(ids, cache=m.init_cache(2, 8)).logits
-
-    jaxpr = jax.make_jaxpr(fwd)(state, ids)
+        return m(ids, cache=m.init_cache(2, 8) if cached else None).logits
 
     def dots(jp):
         for eqn in jp.eqns:
@@ -149,13 +149,16 @@ def test_bf16_matmuls_take_bf16_operands_and_accumulate_in_fp32(tiny_dir, name):
                 yield eqn
             for v in eqn.params.values():
                 for sub in (v if isinstance(v, (list, tuple)) else [v]):
-                    inner = getattr(sub, "jaxpr", None)
+                    inner = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)  # Jaxpr or ClosedJaxpr
                     if inner is not None:
                         yield from dots(getattr(inner, "jaxpr", inner))
 
-    found = list(dots(jaxpr.jaxpr))
-    assert len(found) >= 6 * model.cfg.num_layers // 2  # the layers are scanned: each stack body is traced once
-    for eqn in found:
-        ins = [v.aval.dtype for v in eqn.invars]
-        assert ins == [jnp.bfloat16, jnp.bfloat16] and eqn.params["preferred_element_type"] == jnp.float32, (
-            str(eqn)[:300])
+    cache_dtype = model.init_cache(1, 1).k[0].dtype
+    for cached in (False, True):
+        found = list(dots(jax.make_jaxpr(functools.partial(fwd, cached=cached))(state, ids).jaxpr))
+        assert len(found) >= 6 * model.cfg.num_layers // 2  # the layers are scanned: each stack body traced once
+        for eqn in found:
+            attention = bool(eqn.params["dimension_numbers"][1][0])  # the products with batch dims
+            want = cache_dtype if cached and attention else jnp.bfloat16
+            ins = [v.aval.dtype for v in eqn.invars]
+            assert ins == [want, want] and eqn.params["preferred_element_type"] == jnp.float32, str(eqn)[:300]

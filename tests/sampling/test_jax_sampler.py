@@ -123,10 +123,13 @@ def test_sharded_sampler_matches_single_device(tiny_dir):
     assert [c.token_ids for c in sharded] == [c.token_ids for c in single]
 
 
-def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler):
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler, tiny_dir, dtype):
     """The compiled decode loop writes each layer's new keys into the donated cache without copying it: no copy
     of a cache-shaped buffer anywhere in the HLO (a copy per layer and token cost more than the model's matmuls at
-    32 rows × 704 slots). Guards the cache layout and the write-after-read ordering in layers.Attention."""
+    32 rows × 704 slots), and no converted one either (XLA:CPU upcasts a bf16 dynamic-update-slice, rewriting the
+    whole buffer). Guards the cache layout, its fp32 storage for bf16 on CPU and the write-after-read ordering in
+    layers.Attention."""
     import re
 
     import jax.numpy as jnp
@@ -134,6 +137,8 @@ def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler):
     from ssd_jax.sampling import jax_sampler as js
 
     model, sampler = tiny_sampler
+    if dtype == "bfloat16":
+        model = hf.load(tiny_dir("llama3"), dtype=dtype, param_dtype=dtype)
     b, s = sampler.batch_size, sampler.max_prompt_len + sampler.max_new_tokens
     tokens = np.ones((b, sampler.bucket), np.int32)
     logits, cache, pos = js._prefill(model, tokens, tokens, s)
@@ -143,7 +148,9 @@ def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler):
               jnp.full(b, 24, jnp.int32))
     hlo = js._decode_chunk.lower(model, state, params, sampler.eos, 4).compile().as_text()
     shapes = {",".join(map(str, x.shape)) for x in cache.k + cache.v}
-    copies = [ln for ln in hlo.splitlines() if re.search(r"= f32\[(%s)\]\{[\d,]*\} copy\(" % "|".join(shapes), ln)]
+    shapes = "|".join(shapes)
+    copies = [ln for ln in hlo.splitlines() if re.search(r"= \w+\[(%s)\]\{[\d,]*\} copy\(" % shapes, ln)
+              or re.search(r"%%[\w.-]*convert[\w.-]* = \w+\[(%s)\]" % shapes, ln)]
     assert "dynamic-update-slice" in hlo
     assert not copies, copies[:3]
 
