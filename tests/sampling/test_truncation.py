@@ -152,3 +152,20 @@ def test_sample_draws_the_truncated_distribution_on_both_paths():
     greedy, glp = sample(logits, np.array([0.0, 1.0, 0.0, 1.0]), 20, 0.9, ks)
     assert np.asarray(greedy)[[0, 2]].tolist() == np.argmax(logits[[0, 2]], axis=-1).tolist()
     assert np.asarray(glp)[[0, 2]].tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize("vocab", [200, 40])  # the partial-sort path (V > FAST_K) and the full sort
+def test_sample_greedy_rows_take_the_first_argmax(vocab):
+    """Greedy rows (T = 0) return argmax of the raw logits, lowest id among ties, beside sampled rows in one batch
+    (on the partial-sort path the greedy token is the first top-k candidate, not a second argmax pass)."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssd_jax.sampling.truncation import sample
+
+    logits = np.random.default_rng(1).integers(0, 3, (16, vocab)).astype(np.float32)  # ties everywhere
+    t = np.where(np.arange(16) % 2 == 0, 0.0, 1.0).astype(np.float32)
+    tok, lp = jax.jit(sample)(jnp.asarray(logits), t, 20, 0.8, jnp.zeros((16, 2), jnp.uint32))
+    greedy = t == 0
+    np.testing.assert_array_equal(np.asarray(tok)[greedy], logits.argmax(-1)[greedy])
+    assert np.all(np.asarray(lp)[greedy] == 0.0) and np.all(np.asarray(lp)[~greedy] < 0.0)
