@@ -169,20 +169,19 @@ class Attention(nnx.Module):
             new_kv = None
         else:
             ck, cv, layer, kv_segment, start = cache
-            kt = jnp.transpose(k, (0, 2, 3, 1))  # (B, K, hd, T): the cache's key layout
-            vt = jnp.transpose(v, (0, 2, 1, 3))  # (B, K, T, hd)
             cdt = ck.dtype  # attention runs in the cache's dtype (see KVCache), on the same bf16-rounded values
-            out = attend_cache(q.astype(cdt), kt.astype(cdt), vt.astype(cdt), ck[layer], cv[layer], segment_ids,
-                               kv_segment, start, impl=self.impl, mesh=mesh).astype(dt)
+            kt = jnp.transpose(k, (0, 2, 3, 1)).astype(cdt)  # (B, K, hd, T): the cache's key layout
+            vt = jnp.transpose(v, (0, 2, 1, 3)).astype(cdt)  # (B, K, T, hd)
+            out = attend_cache(q.astype(cdt), kt, vt, ck[layer], cv[layer], segment_ids, kv_segment, start,
+                               impl=self.impl, mesh=mesh).astype(dt)
             # The new keys are written after attention has read the old cache, so XLA can update it in place (see
             # attend_cache). Nothing else orders the write after the reads (the new keys do not depend on the
             # attention output), and XLA would copy the whole cache to allow either order: this zero term, which
             # XLA does not fold for floats, makes the written values wait for the output.
-            dep = out[0, 0, 0, 0] * 0
+            dep = (out[0, 0, 0, 0] * 0).astype(cdt)
             zero = jnp.zeros((), jnp.int32)
-            kw, vw = ((a.astype(cdt) + dep.astype(cdt))[None] for a in (kt, vt))
-            ck = jax.lax.dynamic_update_slice(ck, kw, (layer, zero, zero, zero, start))
-            cv = jax.lax.dynamic_update_slice(cv, vw, (layer, zero, zero, start, zero))
+            ck = jax.lax.dynamic_update_slice(ck, (kt + dep)[None], (layer, zero, zero, zero, start))
+            cv = jax.lax.dynamic_update_slice(cv, (vt + dep)[None], (layer, zero, zero, start, zero))
             new_kv = (ck, cv)
         y = project("bthk,hkd->btd", out, self.o_proj[...], dt)
         if self.use_bias:

@@ -142,16 +142,17 @@ def sample(logits: jax.Array, temperature, top_k, top_p, keys: jax.Array) -> tup
         tok, lp = _draw(tempered, ids, _keep_full(tempered, k, p), keys)
         return jnp.where(greedy, jnp.argmax(x, axis=-1).astype(jnp.int32), tok.astype(jnp.int32)), lp
 
-    def fast_path():
-        tok, lp = _draw(vals, ids, _keep_fast_sorted(vals, ids, jnp.clip(k, 1, FAST_K), p), keys)
-        # A greedy row's tempered logits are its raw ones (divided by 1), and top_k puts the lowest id first among
-        # ties, as argmax does: its first candidate is the argmax, without another pass over the vocabulary.
-        return jnp.where(greedy, ids[:, 0], tok).astype(jnp.int32), lp
-
     if top is None:
         tok, lp = full_path()
     else:
         (vals, ids), fast = top
+
+        def fast_path():
+            tok, lp = _draw(vals, ids, _keep_fast_sorted(vals, ids, jnp.clip(k, 1, FAST_K), p), keys)
+            # A greedy row's tempered logits are its raw ones (divided by 1), and top_k puts the lowest id first
+            # among ties, as argmax does: its first candidate is the argmax, without another vocabulary pass.
+            return jnp.where(greedy, ids[:, 0], tok).astype(jnp.int32), lp
+
         tok, lp = jax.lax.cond(fast, fast_path, full_path)
     return tok, jnp.where(greedy, 0.0, lp)
 
