@@ -1,5 +1,5 @@
-"""Reading collectives out of compiled HLO text: which devices each one groups, so a test can tell a mesh axis's
-collectives from another's."""
+"""Reading programs in tests: the collectives of compiled HLO text (which devices each one groups, so a test can
+tell a mesh axis's collectives from another's) and the dots of a traced jaxpr."""
 
 import math
 import re
@@ -33,3 +33,15 @@ def axis_groups(mesh, axis: str) -> set[frozenset[int]]:
     ids = np.vectorize(lambda d: d.id)(mesh.devices)
     a = mesh.axis_names.index(axis)
     return {frozenset(g) for g in np.moveaxis(ids, a, -1).reshape(-1, mesh.shape[axis]).tolist()}
+
+
+def jaxpr_dots(jaxpr):
+    """Every dot_general equation of a jaxpr, sub-jaxprs (scan, cond, remat, custom VJP) included."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            yield eqn
+        for v in eqn.params.values():
+            for sub in (v if isinstance(v, (list, tuple)) else [v]):
+                inner = sub if hasattr(sub, "eqns") else getattr(sub, "jaxpr", None)  # Jaxpr or ClosedJaxpr
+                if inner is not None:
+                    yield from jaxpr_dots(getattr(inner, "jaxpr", inner))

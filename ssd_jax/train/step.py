@@ -1,8 +1,9 @@
 """The jitted SFT step: token-weighted cross-entropy over unmasked tokens, accumulated over micro-batches.
 
 Loss = Σ w·CE / Σ w over the whole global batch (not a mean of per-micro-batch means), so gradient accumulation
-gives exactly the gradient of one big batch. The LM head and softmax run chunk by chunk under `jax.checkpoint`:
-the (batch × seq × vocab) logits are never materialised, which is what makes 150k-vocab × 64k-token rows fit.
+gives exactly the gradient of one big batch. The LM head and softmax run chunk by chunk, their gradients in the
+same pass (`_ce_sum`): the (batch × seq × vocab) logits are never materialised, which is what makes 150k-vocab ×
+64k-token rows fit.
 
 On a mesh, the chunks run along the sequence with every row's batch sharding kept (slicing the sharded batch
 axis instead would make the partitioner gather all hidden states onto every device), the LM head is gathered once
@@ -26,7 +27,8 @@ from ssd_jax.sharding import constrain_batch, fit_spec, tree_shardings
 
 def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None):
     """Σ w·(logsumexp(z) − z[target]) and Σ w, with z = hidden @ head in fp32, `chunk` sequence positions of
-    every row at a time. hidden (B, T, D), head (D, V), targets/weights (B, T)."""
+    every row at a time. hidden (B, T, D), head (D, V), targets/weights (B, T). Differentiable in hidden and head
+    (see `_ce_sum`)."""
     b, t, d = hidden.shape
     chunk = max(1, min(chunk, t))
     pad = (-t) % chunk
@@ -43,19 +45,57 @@ def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None)
     if mesh is not None:
         # Gathered over fsdp once here, not once per chunk; the vocabulary stays split over `tensor`.
         head = jax.lax.with_sharding_constraint(head, NamedSharding(mesh, fit_spec(P(None, "tensor"), head.shape, mesh)))
+    return _ce_sum(h, head, tt, ww), jnp.sum(w)
 
-    @jax.checkpoint
-    def one(h_c, t_c, w_c):
-        z = jnp.einsum("bcd,dv->bcv", h_c, head, preferred_element_type=jnp.float32)
-        lse = jax.nn.logsumexp(z, axis=-1)
-        zt = jnp.take_along_axis(z, t_c[..., None], axis=-1)[..., 0]
-        return jnp.sum(w_c * (lse - zt))
 
-    def body(acc, xs):
-        return acc + one(*xs), None
+def _chunk_terms(h_c, head, t_c, w_c):
+    """A chunk's logits z (fp32), their logsumexp and Σ w·(lse − z[target])."""
+    z = jnp.einsum("bcd,dv->bcv", h_c, head, preferred_element_type=jnp.float32)
+    lse = jax.nn.logsumexp(z, axis=-1)
+    zt = jnp.take_along_axis(z, t_c[..., None], axis=-1)[..., 0]
+    return z, lse, jnp.sum(w_c * (lse - zt))
 
-    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, tt, ww))
-    return total, jnp.sum(w)
+
+@jax.custom_vjp
+def _ce_sum(h, head, targets, weights):
+    """Σ over chunks of Σ w·CE; h (n, B, chunk, D), targets/weights (n, B, chunk).
+
+    Under differentiation the forward also computes the gradients (softmax − one-hot, times w, through the head)
+    chunk by chunk while the chunk's logits are at hand, and the backward only scales them by the incoming
+    cotangent: three vocabulary-sized GEMMs per chunk (logits, ∂hidden, ∂head) and one softmax. Autodiff of a
+    checkpointed chunk computed the logits twice (forward and recompute): 4 GEMMs, the LM head's being the
+    largest of a small model's step."""
+    def body(total, xs):
+        return total + _chunk_terms(xs[0], head, xs[1], xs[2])[2], None
+
+    return jax.lax.scan(body, jnp.zeros((), jnp.float32), (h, targets, weights))[0]
+
+
+def _ce_sum_fwd(h, head, targets, weights):
+    dt = h.dtype
+
+    def body(carry, xs):
+        total, d_head = carry
+        h_c, t_c, w_c = xs
+        z, lse, s = _chunk_terms(h_c, head, t_c, w_c)
+        dz = jnp.exp(z - lse[..., None])
+        dz = w_c[..., None] * jnp.where(jnp.arange(z.shape[-1]) == t_c[..., None], dz - 1.0, dz)
+        dz = dz.astype(dt)
+        d_h = jnp.einsum("bcv,dv->bcd", dz, head, preferred_element_type=jnp.float32).astype(dt)
+        d_head = d_head + jnp.einsum("bcd,bcv->dv", h_c, dz, preferred_element_type=jnp.float32)
+        return (total + s, d_head), d_h
+
+    init = (jnp.zeros((), jnp.float32), jnp.zeros(head.shape, jnp.float32))
+    (total, d_head), d_h = jax.lax.scan(body, init, (h, targets, weights))
+    return total, (d_h, d_head.astype(head.dtype))
+
+
+def _ce_sum_bwd(res, g):
+    d_h, d_head = res
+    return (g * d_h).astype(d_h.dtype), (g * d_head).astype(d_head.dtype), None, None
+
+
+_ce_sum.defvjp(_ce_sum_fwd, _ce_sum_bwd)
 
 
 def _forward_loss(model, batch: dict, chunk: int):

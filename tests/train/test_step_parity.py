@@ -15,6 +15,7 @@ from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.models import hf
 from ssd_jax.train import optim, step as train_step
+from tests.hlo import jaxpr_dots
 from tests.train import torch_ref
 
 OPT = OptimConfig(peak_lr=1e-3, floor_lr=1e-4, warmup_steps=5, total_steps=20, clip_norm=1.0)
@@ -221,3 +222,37 @@ def test_chunked_cross_entropy_equals_full_logits(tiny_dir):
     for chunk in (1, 7, 64, 10_000):
         s, w = train_step.loss_sums(model, b, chunk)
         assert abs(float(s / w) - full) <= 1e-6 * full
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 64])
+def test_fused_cross_entropy_gradients_equal_autodiff_of_the_full_logits(chunk):
+    """`chunked_cross_entropy` computes its gradients in the forward pass (step._ce_sum); they must be autodiff's
+    of Σ w·CE over full logits, for hidden states and head, with zero-weight tokens and a ragged last chunk."""
+    r = np.random.default_rng(0)
+    b, t, d, v = 3, 50, 16, 40
+    hidden = jnp.asarray(r.standard_normal((b, t, d)), jnp.float32)
+    head = jnp.asarray(r.standard_normal((d, v)), jnp.float32)
+    targets = jnp.asarray(r.integers(0, v, (b, t)), jnp.int32)
+    weights = jnp.asarray(r.random((b, t)) < 0.7, jnp.float32)
+
+    def full(h, w):
+        z = jnp.einsum("btd,dv->btv", h, w)
+        ce = jax.nn.logsumexp(z, -1) - jnp.take_along_axis(z, targets[..., None], -1)[..., 0]
+        return jnp.sum(weights * ce) / 7.0
+
+    chunked = lambda h, w: train_step.chunked_cross_entropy(h, w, targets, weights, chunk)[0] / 7.0
+    (lc, gc), (lf, gf) = (jax.value_and_grad(fn, argnums=(0, 1))(hidden, head) for fn in (chunked, full))
+    np.testing.assert_allclose(lc, lf, rtol=1e-6)
+    for a, b_ in zip(gc, gf):
+        np.testing.assert_allclose(a, b_, rtol=1e-5, atol=1e-6 * float(jnp.max(jnp.abs(b_))))
+
+
+def test_train_step_runs_three_vocabulary_gemms(tiny_dir):
+    """The LM head's GEMMs are a small model's largest: the gradient program must hold exactly three (logits,
+    ∂hidden, ∂head), not autodiff-through-remat's four (the logits twice; XLA:CPU kept both at SmolLM2's size)."""
+    model = hf.load(tiny_dir("qwen3_untied"))
+    batch = {k: jnp.asarray(v[None, :2]) for k, v in packed_batches(1, seq_len=40)[0].items()}
+    jaxpr = jax.make_jaxpr(lambda m, b: train_step.accumulate_grads(m, b, 16))(model, batch).jaxpr
+    vocab = model.cfg.vocab_size
+    big = [e for e in jaxpr_dots(jaxpr) if any(vocab in v.aval.shape for v in (*e.invars, *e.outvars))]
+    assert len(big) == 3, [str(e)[:200] for e in big]
