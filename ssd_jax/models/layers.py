@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from ssd_jax.models import moe
 from ssd_jax.models.attention import attend, attend_cache
@@ -56,11 +57,81 @@ def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
     return x * cos + rotated * sin
 
 
-def project(spec: str, x: Array, w: Array, dtype) -> Array:
-    """`einsum(spec, x, w)` in `dtype`, accumulated in fp32 and rounded once: what a bf16 GEMM computes anyway. Asked
-    for explicitly because XLA:CPU runs a bf16 × bf16 → fp32 dot on AMX/AVX512-BF16 through YNNPACK, but upcasts a
-    bf16 → bf16 dot and runs it as an fp32 GEMM (4-7× slower on a CPU with AMX). A no-op in fp32."""
-    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32).astype(dtype)
+def project(x: Array, w: Array | tuple[Array, ...], dtype, contract: int = 1):
+    """x's last `contract` axes times w's first ones (a linear layer over flattened tokens and features), in `dtype`,
+    accumulated in fp32 and rounded once: what a bf16 GEMM computes anyway. Asked for explicitly because XLA:CPU
+    runs a bf16 × bf16 → fp32 dot on AMX/AVX512-BF16 through YNNPACK, but upcasts a bf16 → bf16 dot and runs it as
+    an fp32 GEMM (4-7× slower on a CPU with AMX). A tuple of kernels gives a tuple of products of the same x (one
+    saved xᵀ for all). The backward is `_matmuls`'s."""
+    lead = x.shape[: x.ndim - contract]
+    x2 = x.astype(dtype).reshape(math.prod(lead), -1)
+    ws = w if isinstance(w, tuple) else (w,)
+    ys = _matmuls(x2, tuple(k.astype(dtype).reshape(x2.shape[1], -1) for k in ws))
+    ys = tuple(y.reshape(lead + k.shape[contract:]) for y, k in zip(ys, ws))
+    return ys if isinstance(w, tuple) else ys[0]
+
+
+# Checkpoint names the `save_dots` remat policy keeps (models/transformer.py): the transposed copies that backward
+# products read on CPU (see `transposed_for_backward`), and `project`'s products (outputs of a custom VJP, which
+# the policy's dot rule does not see).
+TRANSPOSED = "cpu_transposed_operand"
+PRODUCT = "projection"
+
+
+def _transposes_saved(dtype) -> bool:
+    return jax.default_backend() == "cpu" and dtype == jnp.bfloat16
+
+
+def transposed_for_backward(z: Array) -> Array:
+    """The residual through which a backward product reads zᵀ (z 2-D): for bf16 on CPU a transposed copy made in
+    the forward pass, named `TRANSPOSED` and stored by `stored_residual`; elsewhere z itself.
+
+    Why: XLA:CPU hands only canonical row-major (M, K) × (K, N) products to YNNPACK's AMX/AVX512-BF16 kernels; it
+    folds a transpose into the dot and then upcasts a bf16 product to an fp32 GEMM (1680 → 258 GFLOP/s for a
+    2048 × 576 × 1536 weight-gradient product), and runs fp32 ones on a slower path too. A copy made in the forward
+    and carried to the backward through the layer scan's residuals cannot be folded. In fp32 the transposed forms
+    run at 80-100 % of the canonical one and the copies cost more than they save (SmolLM2's step: 17.8 s without,
+    18.7 with); on GPU, cuBLAS takes either layout."""
+    return checkpoint_name(stored_residual(z.T), TRANSPOSED) if _transposes_saved(z.dtype) else z
+
+
+def stored_residual(z: Array) -> Array:
+    """A residual as the layer scan stacks it: fp32 on CPU for a bf16 value (exactly; cast back at use). XLA:CPU
+    upcasts a bf16 dynamic-update-slice, so writing one layer's bf16 residual into the (layers, …) stack rewrote
+    the whole stack, every layer (as for the KV cache, see `KVCache`)."""
+    return z.astype(jnp.float32) if _transposes_saved(z.dtype) else z
+
+
+def dot_t(a: Array, saved: Array) -> Array:
+    """a @ zᵀ accumulated in fp32, in a's dtype, given `saved = transposed_for_backward(z)`."""
+    saved = saved.astype(a.dtype)
+    return jnp.dot(a, saved if _transposes_saved(a.dtype) else saved.T, preferred_element_type=jnp.float32)
+
+
+def t_dot(saved: Array, b: Array) -> Array:
+    """zᵀ @ b accumulated in fp32, in b's dtype, given `saved = transposed_for_backward(z)`."""
+    saved = saved.astype(b.dtype)
+    return jnp.dot(saved if _transposes_saved(b.dtype) else saved.T, b, preferred_element_type=jnp.float32)
+
+
+@jax.custom_vjp
+def _matmuls(x: Array, ws: tuple[Array, ...]) -> tuple[Array, ...]:
+    """x (N, K) @ each w (K, M_i), accumulated in fp32, rounded to x's dtype; the VJP reads transposed residuals."""
+    return tuple(jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype) for w in ws)
+
+
+def _matmuls_fwd(x, ws):
+    ys = tuple(checkpoint_name(y, PRODUCT) for y in _matmuls(x, ws))
+    return ys, (transposed_for_backward(x), tuple(transposed_for_backward(w) for w in ws))
+
+
+def _matmuls_bwd(res, dys):
+    xs, wss = res
+    dx = sum(dot_t(dy, w) for dy, w in zip(dys, wss))
+    return dx.astype(dys[0].dtype), tuple(t_dot(xs, dy).astype(dy.dtype) for dy in dys)
+
+
+_matmuls.defvjp(_matmuls_fwd, _matmuls_bwd)
 
 
 def _init(rngs: nnx.Rngs, shape: tuple[int, ...], dtype, std: float = 0.02) -> Array:
@@ -152,9 +223,8 @@ class Attention(nnx.Module):
         the updated stack cache (k, v)."""
         dt = self.dtype
         x = x.astype(dt)
-        q = project("btd,dhk->bthk", x, self.q_proj[...], dt)
-        k = project("btd,dhk->bthk", x, self.k_proj[...], dt)
-        v = project("btd,dhk->bthk", x, self.v_proj[...], dt)
+        # (B, T, heads, head_dim) each, one saved xᵀ for the three.
+        q, k, v = project(x, (self.q_proj[...], self.k_proj[...], self.v_proj[...]), dt)
         if self.use_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -183,7 +253,7 @@ class Attention(nnx.Module):
             ck = jax.lax.dynamic_update_slice(ck, (kt + dep)[None], (layer, zero, zero, zero, start))
             cv = jax.lax.dynamic_update_slice(cv, (vt + dep)[None], (layer, zero, zero, start, zero))
             new_kv = (ck, cv)
-        y = project("bthk,hkd->btd", out, self.o_proj[...], dt)
+        y = project(out, self.o_proj[...], dt, contract=2)
         if self.use_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, new_kv
@@ -207,52 +277,56 @@ class MLP(nnx.Module):
     def __call__(self, x: Array) -> Array:
         dt = self.dtype
         b = (self.gate_bias[...].astype(dt), self.up_bias[...].astype(dt)) if self.use_bias else None
-        y = swiglu(x.astype(dt), self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt),
-                   self.down_proj[...].astype(dt), b)
+        x2 = x.astype(dt).reshape(-1, x.shape[-1])
+        y = swiglu(x2, self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt), self.down_proj[...].astype(dt),
+                   b).reshape(x.shape)
         if self.use_bias:
             y = y + self.down_bias[...].astype(dt)
         return y
 
 
 def _gate_up(x: Array, wg: Array, wu: Array, b) -> tuple[Array, Array]:
-    dt = x.dtype
-    g, u = project("...d,df->...f", x, wg, dt), project("...d,df->...f", x, wu, dt)
+    """x (N, D) → the gate and up pre-activations (N, F), biases added."""
+    g, u = jnp.dot(x, wg, preferred_element_type=jnp.float32), jnp.dot(x, wu, preferred_element_type=jnp.float32)
+    g, u = g.astype(x.dtype), u.astype(x.dtype)
     return (g, u) if b is None else (g + b[0], u + b[1])
+
+
+def _down(g: Array, u: Array, wd: Array) -> tuple[Array, Array]:
+    a = jax.nn.silu(g) * u
+    return jnp.dot(a, wd, preferred_element_type=jnp.float32).astype(g.dtype), a
 
 
 @jax.custom_vjp
 def swiglu(x: Array, wg: Array, wu: Array, wd: Array, b: tuple[Array, Array] | None) -> Array:
-    """down(silu(x @ wg + bg) * (x @ wu + bu)), everything in x's dtype (fp32 accumulation, see `project`).
+    """down(silu(x @ wg + bg) * (x @ wu + bu)) for x (N, D), everything in x's dtype (fp32 accumulation, see
+    `project`).
 
     A custom VJP because of what XLA:CPU made of autodiff's backward: it fused the SiLU derivative into a copy that
     writes the (tokens, inter) cotangent transposed for the weight-gradient dots, unvectorised (46 % of the MLP's
-    backward at 4 × 512 tokens on SmolLM2). Here every cotangent is computed row-major and each gradient is one
-    dot; the result is autodiff's up to fp32 rounding order."""
-    g, u = _gate_up(x, wg, wu, b)
-    return project("...f,fd->...d", jax.nn.silu(g) * u, wd, x.dtype)
+    backward at 4 × 512 tokens on SmolLM2). Here every cotangent is computed row-major, each gradient is one dot
+    over the residuals `transposed_for_backward` makes, and the result is autodiff's up to rounding order."""
+    return _down(*_gate_up(x, wg, wu, b), wd)[0]
 
 
 def _swiglu_fwd(x, wg, wu, wd, b):
     g, u = _gate_up(x, wg, wu, b)
-    return project("...f,fd->...d", jax.nn.silu(g) * u, wd, x.dtype), (x, wg, wu, wd, g, u, b)
+    y, a = _down(g, u, wd)
+    saved = tuple(transposed_for_backward(z) for z in (x, a, wg, wu, wd))
+    return y, (stored_residual(g), stored_residual(u), saved, b)
 
 
 def _swiglu_bwd(res, dy):
-    x, wg, wu, wd, g, u, b = res
-    dt, f32 = x.dtype, jnp.float32
-    x2, dy2 = x.reshape(-1, x.shape[-1]), dy.reshape(-1, dy.shape[-1])
-    g, u = g.reshape(-1, g.shape[-1]).astype(f32), u.reshape(-1, u.shape[-1]).astype(f32)
+    g, u, (xs, as_, wgs, wus, wds), b = res
+    dt, f32 = dy.dtype, jnp.float32
+    g, u = g.astype(f32), u.astype(f32)
     sg = jax.nn.sigmoid(g)
-    a = (g * sg).astype(dt) * u.astype(dt)  # the forward's product, in its dtype
-    da = jnp.dot(dy2, wd.T, preferred_element_type=f32)
+    da = dot_t(dy, wds)
     du = (da * g * sg).astype(dt)
     dg = (da * u * sg * (1 + g * (1 - sg))).astype(dt)
-    dwd = jnp.dot(a.T, dy2, preferred_element_type=f32).astype(wd.dtype)
-    dwg = jnp.dot(x2.T, dg, preferred_element_type=f32).astype(wg.dtype)
-    dwu = jnp.dot(x2.T, du, preferred_element_type=f32).astype(wu.dtype)
-    dx = (jnp.dot(dg, wg.T, preferred_element_type=f32) + jnp.dot(du, wu.T, preferred_element_type=f32))
-    db = (jnp.sum(dg, 0, dtype=f32).astype(dt), jnp.sum(du, 0, dtype=f32).astype(dt)) if b is not None else None
-    return dx.astype(dt).reshape(x.shape), dwg, dwu, dwd, db
+    dx = dot_t(dg, wgs) + dot_t(du, wus)
+    db = None if b is None else (jnp.sum(dg, 0, dtype=f32).astype(dt), jnp.sum(du, 0, dtype=f32).astype(dt))
+    return dx.astype(dt), t_dot(xs, dg).astype(dt), t_dot(xs, du).astype(dt), t_dot(as_, dy).astype(dt), db
 
 
 swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)

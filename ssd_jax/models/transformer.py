@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from ssd_jax.models.config import ModelConfig
-from ssd_jax.models.layers import MLP, Attention, KVCache, MoE, RMSNorm, _init
+from ssd_jax.models.layers import MLP, PRODUCT, TRANSPOSED, Attention, KVCache, MoE, RMSNorm, _init
 from ssd_jax.models.moe import MoEStats
 from ssd_jax.sharding import constrain_batch
 
@@ -68,7 +68,11 @@ def _stacked_layers(cfg: ModelConfig, sparse: bool, count: int, rngs: nnx.Rngs) 
 def _remat(fn, policy: str):
     if policy == "none":
         return fn
-    saveable = {"full": None, "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}[policy]
+    cp = jax.checkpoint_policies
+    # save_dots also keeps the projections (custom-VJP outputs) and the transposed copies the CPU backward products
+    # read (layers.transposed_for_backward): recomputed, those would be folded back into the dots.
+    saveable = {"full": None, "save_dots": cp.save_from_both_policies(
+        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED))}[policy]
     return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
 
 

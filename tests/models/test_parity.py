@@ -156,28 +156,26 @@ def test_bf16_matmuls_take_bf16_operands_and_accumulate_in_fp32(tiny_dir, name):
 
 
 @pytest.mark.parametrize("dtype,bias", [("float32", True), ("float32", False), ("bfloat16", True)])
-def test_swiglu_custom_vjp_equals_autodiff_and_keeps_cotangents_row_major(dtype, bias):
+def test_swiglu_custom_vjp_equals_autodiff(dtype, bias):
     """The MLP's hand-written backward (layers.swiglu) gives autodiff's gradients for x, the three kernels and the
-    biases; and its compiled backward never materialises a transposed (intermediate, tokens) cotangent, which is
-    what XLA:CPU made of autodiff's (an unvectorised transposing copy, 46 % of SmolLM2's MLP backward)."""
-    import re
-
+    biases."""
     import jax
 
     from ssd_jax.models import layers
 
-    b, t, d, f = 2, 48, 64, 128
+    n, d, f = 96, 64, 128
     r = np.random.default_rng(0)
     dt = jnp.dtype(dtype)
-    x = jnp.asarray(r.standard_normal((b, t, d)), dt)
+    x = jnp.asarray(r.standard_normal((n, d)), dt)
     ws = [jnp.asarray(0.1 * r.standard_normal(s), dt) for s in [(d, f), (d, f), (f, d)]]
     bs = (jnp.asarray(0.1 * r.standard_normal(f), dt), jnp.asarray(0.1 * r.standard_normal(f), dt)) if bias else None
 
     def ref(x, wg, wu, wd, bs):
-        g, u = layers.project("...d,df->...f", x, wg, dt), layers.project("...d,df->...f", x, wu, dt)
+        mm = lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(dt)
+        g, u = mm(x, wg), mm(x, wu)
         if bs is not None:
             g, u = g + bs[0], u + bs[1]
-        return layers.project("...f,fd->...d", jax.nn.silu(g) * u, wd, dt)
+        return mm(jax.nn.silu(g) * u, wd)
 
     def grads(fn):
         loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * jnp.cos(a[0].astype(jnp.float32)))
@@ -188,8 +186,3 @@ def test_swiglu_custom_vjp_equals_autodiff_and_keeps_cotangents_row_major(dtype,
     for g_, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         g_, w_ = np.asarray(g_, np.float32), np.asarray(w_, np.float32)
         assert np.max(np.abs(g_ - w_)) <= tol * np.max(np.abs(w_))
-    hlo = grads(layers.swiglu).lower(x, *ws, bs).compile().as_text()
-    transposed = re.compile(rf"\[{f},{b * t}\]|\[{f},{b},{t}\]")
-    assert not [line for line in hlo.splitlines() if transposed.search(line)]
-    assert [line for line in grads(ref).lower(x, *ws, bs).compile().as_text().splitlines()
-            if transposed.search(line)], "the probe no longer tells autodiff's backward from ours"

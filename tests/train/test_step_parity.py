@@ -256,3 +256,25 @@ def test_train_step_runs_three_vocabulary_gemms(tiny_dir):
     vocab = model.cfg.vocab_size
     big = [e for e in jaxpr_dots(jaxpr) if any(vocab in v.aval.shape for v in (*e.invars, *e.outvars))]
     assert len(big) == 3, [str(e)[:200] for e in big]
+
+
+def test_bf16_train_step_runs_every_projection_as_a_canonical_bf16_product(tiny_dir):
+    """With bf16 compute on CPU, every 2-D product of the decoder layers in the compiled step, forward and backward,
+    is bf16 × bf16 in canonical (M, K) × (K, N) form: the only form XLA:CPU gives YNNPACK's AMX/AVX512-BF16
+    kernels (any other is upcast to an fp32 GEMM; layers.transposed_for_backward). The LM head's products are
+    left out (their operands are the embedding and the vocabulary-sized softmax)."""
+    import re
+
+    model = hf.load(tiny_dir("llama_bias_tied"), dtype="bfloat16", param_dtype="float32")
+    opt = nnx.Optimizer(model, optim.make_optimizer(OPT), wrt=nnx.Param)
+    batch = {k: jnp.asarray(v[None, :2]) for k, v in packed_batches(1, seq_len=40)[0].items()}
+    hlo = train_step.make_train_step(1000).lower(model, opt, batch).compile().as_text()
+    shapes = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", hlo))
+    dots = re.findall(r"= \w+\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\), (lhs_contracting_dims=\{\d\}, "
+                      r"rhs_contracting_dims=\{\d\})", hlo)  # 2-D products have no batch dims
+    vocab = re.compile(rf"[\[,]{model.cfg.vocab_size}[\],]")
+    layer_dots = [(shapes[a], shapes[b], dims) for a, b, dims in dots if not vocab.search(shapes[a] + shapes[b])]
+    assert len(layer_dots) >= 9 * 2  # q, k, v, o, gate, up, down forward; their input and weight gradients
+    bad = [d for d in layer_dots if not (d[0].startswith("bf16[") and d[1].startswith("bf16[")
+                                         and d[2] == "lhs_contracting_dims={1}, rhs_contracting_dims={0}")]
+    assert not bad, bad
