@@ -394,3 +394,32 @@ def test_attend_cache_matches_attend_over_the_written_cache(impl):
         want = ref(q, k, v, jnp.asarray(q_seg), jnp.asarray(kv_seg), jnp.int32(start))
         assert _all_finite(got)
         assert _max_diff(got, want, jnp.asarray(q_seg != 0)) <= TOL, (start, t)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_einsum_attention_custom_vjp_equals_autodiff(dtype):
+    """The einsum path's hand-written backward (A._softmax_attention) gives autodiff's gradients of the same
+    forward, over two key parts (as a cache prefill attends), with packed segments and fully masked (padding)
+    queries."""
+    b, t, s, h, kv, hd = 2, 24, 16, 4, 2, 8
+    dt = jnp.dtype(dtype)
+    r = np.random.default_rng(0)
+    qm = jnp.asarray(r.standard_normal((b, kv, t * (h // kv), hd)), dt)
+    keys = (jnp.asarray(r.standard_normal((b, kv, hd, s)), dt), jnp.asarray(r.standard_normal((b, kv, hd, t)), dt))
+    values = (jnp.asarray(r.standard_normal((b, kv, s, hd)), dt), jnp.asarray(r.standard_normal((b, kv, t, hd)), dt))
+    seg = jnp.asarray(np.r_[[1] * 10, [2] * 10, [0] * 4][None].repeat(b, 0), jnp.int32)
+    old = jnp.asarray(r.random((b, t, s)) < 0.6) & (seg != 0)[..., None]
+    masks = (old, A.attention_mask(seg, seg, jnp.arange(t), jnp.arange(t)))
+    g = h // kv
+    cot = jnp.asarray(r.standard_normal(qm.shape), jnp.float32)
+
+    def loss(fn):
+        return lambda qm, keys, values: jnp.sum(fn(qm, keys, values, masks, g).astype(jnp.float32) * cot)
+
+    autodiff = lambda qm, keys, values, masks, g: A._attention_forward(qm, keys, values, masks, g)[0]
+    got = jax.grad(loss(A._softmax_attention), argnums=(0, 1, 2))(qm, keys, values)
+    want = jax.grad(loss(autodiff), argnums=(0, 1, 2))(qm, keys, values)
+    tol = 1e-5 if dtype == "float32" else 3e-2
+    for a, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        a, w = np.asarray(a, np.float32), np.asarray(w, np.float32)
+        assert np.max(np.abs(a - w)) <= tol * np.max(np.abs(w))
