@@ -11,7 +11,10 @@ What a CPU compile cannot know, stated with the numbers: XLA:CPU computes bf16 i
 collective payloads appear as fp32 copies (temp bytes and collective traffic are upper estimates, up to 2×, for
 bf16 compute on GPU/TPU); the MoE grouped GEMM is the tiled loop and the expert-parallel exchange the padded
 all_to_all (a GPU run uses a grouped-GEMM kernel and ragged_all_to_all into buffers of the same size, moving only
-the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well).
+the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well); with
+`remat: save_dots` and bf16 compute, the transposed copies of projection inputs and weights that only the CPU
+backward reads (`layers.transposed_for_backward`) are counted (the paper configs use `remat: full`, which does
+not keep them).
 """
 
 from __future__ import annotations
