@@ -184,12 +184,17 @@ def _grouped_attention(q: Array, parts: list[tuple[Array, Array, Array]]) -> Arr
     return jnp.transpose(out.reshape(b, kv_heads, t, g, hd), (0, 2, 1, 3, 4)).reshape(b, t, h, hd)
 
 
+def _row_mask(mask: Array, g: int) -> Array:
+    """A (B, T, S) mask as (B, 1, T·G, S) over the folded rows m = t·G + g."""
+    return jnp.repeat(mask, g, axis=1)[:, None]
+
+
 def _attention_forward(qm, keys, values, masks, g):
     """(out (B, K, M, hd) in the values' dtype, probabilities (B, K, M, ΣS_i) fp32) of `_softmax_attention`."""
     scale = 1.0 / math.sqrt(qm.shape[-1])
     floor = jnp.finfo(jnp.float32).min
-    scores = jnp.concatenate(  # row m = t·G + g, so a (B, T, S) mask repeats over g
-        [jnp.where(jnp.repeat(m, g, axis=1)[:, None],
+    scores = jnp.concatenate(
+        [jnp.where(_row_mask(m, g),
                    jnp.einsum("bkmd,bkds->bkms", qm, kk, preferred_element_type=jnp.float32) * scale, floor)
          for kk, m in zip(keys, masks)], axis=-1)
     probs = jax.nn.softmax(scores, axis=-1)
@@ -227,7 +232,7 @@ def _softmax_attention_bwd(g, res, dout):
         p = probs[..., at : at + n]
         at += n
         dp = jnp.einsum("bkmd,bksd->bkms", dout, vv, preferred_element_type=jnp.float32)
-        ds = (jnp.where(jnp.repeat(m, g, axis=1)[:, None], p * (dp - delta), 0.0) * scale).astype(qm.dtype)
+        ds = (jnp.where(_row_mask(m, g), p * (dp - delta), 0.0) * scale).astype(qm.dtype)
         dq = dq + jnp.einsum("bkms,bkds->bkmd", ds, kk, preferred_element_type=jnp.float32)
         dkeys.append(jnp.einsum("bkmd,bkms->bkds", qm, ds, preferred_element_type=jnp.float32).astype(kk.dtype))
         dvalues.append(jnp.einsum("bkms,bkmd->bksd", p.astype(vv.dtype), dout,

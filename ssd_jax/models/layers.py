@@ -114,10 +114,15 @@ def t_dot(saved: Array, b: Array) -> Array:
     return jnp.dot(saved if _transposes_saved(b.dtype) else saved.T, b, preferred_element_type=jnp.float32)
 
 
+def _dot(x: Array, w: Array) -> Array:
+    """x (N, K) @ w (K, M) accumulated in fp32, rounded to x's dtype (see `project`)."""
+    return jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 @jax.custom_vjp
 def _matmuls(x: Array, ws: tuple[Array, ...]) -> tuple[Array, ...]:
-    """x (N, K) @ each w (K, M_i), accumulated in fp32, rounded to x's dtype; the VJP reads transposed residuals."""
-    return tuple(jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype) for w in ws)
+    """x (N, K) @ each w (K, M_i) (`_dot`); the VJP reads transposed residuals."""
+    return tuple(_dot(x, w) for w in ws)
 
 
 def _matmuls_fwd(x, ws):
@@ -287,14 +292,13 @@ class MLP(nnx.Module):
 
 def _gate_up(x: Array, wg: Array, wu: Array, b) -> tuple[Array, Array]:
     """x (N, D) → the gate and up pre-activations (N, F), biases added."""
-    g, u = jnp.dot(x, wg, preferred_element_type=jnp.float32), jnp.dot(x, wu, preferred_element_type=jnp.float32)
-    g, u = g.astype(x.dtype), u.astype(x.dtype)
+    g, u = _dot(x, wg), _dot(x, wu)
     return (g, u) if b is None else (g + b[0], u + b[1])
 
 
 def _down(g: Array, u: Array, wd: Array) -> tuple[Array, Array]:
     a = jax.nn.silu(g) * u
-    return jnp.dot(a, wd, preferred_element_type=jnp.float32).astype(g.dtype), a
+    return _dot(a, wd), a
 
 
 @jax.custom_vjp
