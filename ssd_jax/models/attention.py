@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
@@ -39,6 +40,12 @@ LIVE_TILES_SCOPE = "attention_live_kv_tiles"  # names the blockwise loops over t
 # CPU keeps the einsum up to this many scores per (row, head): below it the dense mask costs less than the loop
 # overhead of blockwise, and the whole CPU test suite and demo run at these sizes.
 CPU_EINSUM_MAX_SCORES = 2048 * 2048
+# Query rows per causal block of einsum self-attention (`_causal_blocks`); 64 was fastest for SmolLM2's heads at
+# T = 512 on a 2-core Xeon (forward + backward 73 ms per layer, against 80 at 128 and 111 unblocked).
+CAUSAL_BLOCK = 64
+# Checkpoint name of the einsum attention's output and softmax row statistics (`_softmax_attention`): the
+# `save_dots` remat policy keeps them, so the backward never reruns the attention forward.
+SOFTMAX_RESIDUALS = "attention_softmax_residuals"
 # Fixed number of packed segments per row that the cuDNN path can describe (its offsets are static-shaped).
 CUDNN_MAX_SEGMENTS = 64
 _GPU_PLATFORMS = ("gpu", "cuda")
@@ -162,26 +169,48 @@ def attention_mask(q_segment: Array, kv_segment: Array, q_slot: Array, kv_slot: 
 def einsum_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Array, q_start: Any) -> Array:
     """The reference: dense (B,T,S) mask, fp32 scores, fp32 softmax, probabilities cast to v.dtype.
 
-    Fully masked rows (padding queries) get a uniform softmax instead of NaN; their outputs are never used."""
+    Fully masked rows (padding queries) get a uniform softmax instead of NaN; their outputs are never used.
+    Self-attention (static q_start 0, S == T) runs in causal query blocks (`_causal_blocks`)."""
     mask = attention_mask(q_segment, kv_segment, q_start + jnp.arange(q.shape[1]), jnp.arange(k.shape[1]))
-    return _grouped_attention(q, [(jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3)), mask)])
+    k_t, v_t = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
+    if _static_int(q_start) == 0 and k.shape[1] == q.shape[1]:
+        return _causal_blocks(q, k_t, v_t, mask)
+    return _grouped_attention(q, [(k_t, v_t, mask)])
+
+
+def _causal_blocks(q: Array, k_t: Array, v_t: Array, mask: Array) -> Array:
+    """Self-attention of q (B, T, H, hd) over its own keys (B, K, hd, T) and values (B, K, T, hd) in causal query
+    blocks (`_causal_attention`)."""
+    qm, g = _fold_heads(q, k_t.shape[1])
+    return _unfold_heads(_causal_attention(qm, k_t.astype(q.dtype), v_t, mask, g), q.shape)
 
 
 def _grouped_attention(q: Array, parts: list[tuple[Array, Array, Array]]) -> Array:
     """Softmax attention of q (B, T, H, hd) over the keys of all `parts` at once; a part is (keys (B, K, hd, S_i),
-    values (B, K, S_i, hd), mask (B, T, S_i)). Masked scores are finfo.min, so a fully masked row is uniform.
-
-    The layout is chosen for XLA:CPU: the G query heads of a kv head are folded with T into one row axis and keys
-    are (hd, S), so both products are plain batched GEMMs over (row, kv head). With the (B, T, K, G, hd) ×
-    (B, S, K, hd) einsum XLA transposed its operands and picked slow batched-dot forms: at T = S = 768 (SmolLM2
-    heads) one layer's forward took 57 ms instead of 13, forward + backward 137 ms instead of 86."""
-    b, t, h, hd = q.shape
-    kv_heads = parts[0][0].shape[1]
-    g = h // kv_heads
-    qm = jnp.transpose(q.reshape(b, t, kv_heads, g, hd), (0, 2, 1, 3, 4)).reshape(b, kv_heads, t * g, hd)
+    values (B, K, S_i, hd), mask (B, T, S_i)). Masked scores are finfo.min, so a fully masked row is uniform."""
+    qm, g = _fold_heads(q, parts[0][0].shape[1])
     keys, values, masks = (tuple(p[i] for p in parts) for i in range(3))
-    out = _softmax_attention(qm, tuple(kk.astype(q.dtype) for kk in keys), values, masks, g)
-    return jnp.transpose(out.reshape(b, kv_heads, t, g, hd), (0, 2, 1, 3, 4)).reshape(b, t, h, hd)
+    return _unfold_heads(_softmax_attention(qm, tuple(kk.astype(q.dtype) for kk in keys), values, masks, g), q.shape)
+
+
+def _fold_heads(q: Array, kv_heads: int) -> tuple[Array, int]:
+    """q (B, T, H, hd) → (B, K, T·G, hd) with the G query heads of a kv head folded into the row axis (m = t·G + g),
+    and G.
+
+    The layout is chosen for XLA:CPU: with keys as (hd, S), both products are plain batched GEMMs over (row, kv
+    head). With the (B, T, K, G, hd) × (B, S, K, hd) einsum XLA transposed its operands and picked slow batched-dot
+    forms: at T = S = 768 (SmolLM2 heads) one layer's forward took 57 ms instead of 13, forward + backward 137 ms
+    instead of 86."""
+    b, t, h, hd = q.shape
+    g = h // kv_heads
+    return jnp.transpose(q.reshape(b, t, kv_heads, g, hd), (0, 2, 1, 3, 4)).reshape(b, kv_heads, t * g, hd), g
+
+
+def _unfold_heads(out: Array, shape: tuple[int, ...]) -> Array:
+    """The inverse of `_fold_heads`: (B, K, T·G, hd) → `shape` (B, T, H, hd)."""
+    b, t, h, hd = shape
+    kv_heads = out.shape[1]
+    return jnp.transpose(out.reshape(b, kv_heads, t, h // kv_heads, hd), (0, 2, 1, 3, 4)).reshape(shape)
 
 
 def _row_mask(mask: Array, g: int) -> Array:
@@ -189,58 +218,125 @@ def _row_mask(mask: Array, g: int) -> Array:
     return jnp.repeat(mask, g, axis=1)[:, None]
 
 
+def _masked_scores(qm: Array, kk: Array, mask: Array, g: int) -> Array:
+    """fp32 scores qm·kk / √hd of one key part, finfo.min where masked."""
+    s = jnp.einsum("bkmd,bkds->bkms", qm, kk, preferred_element_type=jnp.float32) * (1.0 / math.sqrt(qm.shape[-1]))
+    return jnp.where(_row_mask(mask, g), s, jnp.finfo(jnp.float32).min)
+
+
 def _attention_forward(qm, keys, values, masks, g):
-    """(out (B, K, M, hd) in the values' dtype, probabilities (B, K, M, ΣS_i) fp32) of `_softmax_attention`."""
-    scale = 1.0 / math.sqrt(qm.shape[-1])
-    floor = jnp.finfo(jnp.float32).min
-    scores = jnp.concatenate(
-        [jnp.where(_row_mask(m, g),
-                   jnp.einsum("bkmd,bkds->bkms", qm, kk, preferred_element_type=jnp.float32) * scale, floor)
-         for kk, m in zip(keys, masks)], axis=-1)
-    probs = jax.nn.softmax(scores, axis=-1)
+    """(out (B, K, M, hd) in the values' dtype, the softmax's row max and 1/row sum (B, K, M, 1) fp32) of
+    `_softmax_attention`."""
+    scores = jnp.concatenate([_masked_scores(qm, kk, m, g) for kk, m in zip(keys, masks)], axis=-1)
+    row_max = jnp.max(scores, axis=-1, keepdims=True)
+    e = jnp.exp(scores - row_max)
+    inv_sum = 1.0 / jnp.sum(e, axis=-1, keepdims=True)
+    probs = e * inv_sum
     out, at = 0, 0
     for vv in values:  # fp32 accumulation (see layers.project), rounded once to the values' dtype
         n = vv.shape[-2]
         out = out + jnp.einsum("bkms,bksd->bkmd", probs[..., at : at + n].astype(vv.dtype), vv,
                                preferred_element_type=jnp.float32)
         at += n
-    return out.astype(values[0].dtype), probs
+    return out.astype(values[0].dtype), row_max, inv_sum
+
+
+def _part_grads(qm, kk, vv, m, g, dout, delta, row_max, inv_sum):
+    """(∂qm, ∂keys, ∂values), all fp32, of one key part: the probabilities recomputed from the row statistics, and
+    the softmax's backward from delta = rowsum(dout·out)."""
+    p = jnp.exp(_masked_scores(qm, kk, m, g) - row_max) * inv_sum
+    dp = jnp.einsum("bkmd,bksd->bkms", dout, vv, preferred_element_type=jnp.float32)
+    ds = (jnp.where(_row_mask(m, g), p * (dp - delta), 0.0) * (1.0 / math.sqrt(qm.shape[-1]))).astype(qm.dtype)
+    dq = jnp.einsum("bkms,bkds->bkmd", ds, kk, preferred_element_type=jnp.float32)
+    dk = jnp.einsum("bkmd,bkms->bkds", qm, ds, preferred_element_type=jnp.float32)
+    dv = jnp.einsum("bkms,bkmd->bksd", p.astype(vv.dtype), dout, preferred_element_type=jnp.float32)
+    return dq, dk, dv
+
+
+def _delta(dout, out):
+    return jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
+
+
+def _saved(*xs):
+    return tuple(checkpoint_name(x, SOFTMAX_RESIDUALS) for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def _softmax_attention(qm, keys, values, masks, g):
     """softmax(mask(qm·keys / √hd))·values over the concatenated parts; qm (B, K, M, hd), M = T·G.
 
-    A custom VJP: the softmax's backward uses rowsum(dout·out) (FlashAttention's D) instead of autodiff's
-    rowsum(dp·p), one pass less over the (M, S) scores; no (M, S) array is reduced or written transposed, which
-    XLA:CPU fused into a slow dot-and-reduce (1.0 s of SmolLM2's 4 × 512 SFT step)."""
+    A custom VJP in FlashAttention's manner: the residuals are the output and the softmax's row statistics, named
+    `SOFTMAX_RESIDUALS` so that the `save_dots` remat policy keeps them (a few numbers per row); the backward
+    recomputes the probabilities from one product of the scores and uses rowsum(dout·out) for the softmax's
+    backward. Autodiff rematerialised the whole forward (both products and the softmax's reductions) and fused
+    rowsum(dp·p) into a slow dot-and-reduce on XLA:CPU."""
     return _attention_forward(qm, keys, values, masks, g)[0]
 
 
 def _softmax_attention_fwd(qm, keys, values, masks, g):
-    out, probs = _attention_forward(qm, keys, values, masks, g)
-    return out, (qm, keys, values, masks, out, probs)
+    out, row_max, inv_sum = _saved(*_attention_forward(qm, keys, values, masks, g))
+    return out, (qm, keys, values, masks, out, row_max, inv_sum)
 
 
 def _softmax_attention_bwd(g, res, dout):
-    qm, keys, values, masks, out, probs = res
-    scale = 1.0 / math.sqrt(qm.shape[-1])
-    delta = jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
-    dq, dkeys, dvalues, at = 0, [], [], 0
+    qm, keys, values, masks, out, row_max, inv_sum = res
+    delta = _delta(dout, out)
+    dq, dkeys, dvalues = 0, [], []
     for kk, vv, m in zip(keys, values, masks):
-        n = vv.shape[-2]
-        p = probs[..., at : at + n]
-        at += n
-        dp = jnp.einsum("bkmd,bksd->bkms", dout, vv, preferred_element_type=jnp.float32)
-        ds = (jnp.where(_row_mask(m, g), p * (dp - delta), 0.0) * scale).astype(qm.dtype)
-        dq = dq + jnp.einsum("bkms,bkds->bkmd", ds, kk, preferred_element_type=jnp.float32)
-        dkeys.append(jnp.einsum("bkmd,bkms->bkds", qm, ds, preferred_element_type=jnp.float32).astype(kk.dtype))
-        dvalues.append(jnp.einsum("bkms,bkmd->bksd", p.astype(vv.dtype), dout,
-                                  preferred_element_type=jnp.float32).astype(vv.dtype))
+        dq_i, dk, dv = _part_grads(qm, kk, vv, m, g, dout, delta, row_max, inv_sum)
+        dq = dq + dq_i
+        dkeys.append(dk.astype(kk.dtype))
+        dvalues.append(dv.astype(vv.dtype))
     return dq.astype(qm.dtype), tuple(dkeys), tuple(dvalues), tuple(None for _ in masks)
 
 
 _softmax_attention.defvjp(_softmax_attention_fwd, _softmax_attention_bwd)
+
+
+def _blocks(t: int) -> list[tuple[int, int]]:
+    """[first, last) query of each causal block of `CAUSAL_BLOCK` queries; its keys are [0, last)."""
+    return [(s, min(s + CAUSAL_BLOCK, t)) for s in range(0, t, CAUSAL_BLOCK)]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _causal_attention(qm, k_t, v_t, mask, g):
+    """`_softmax_attention` of qm (B, K, T·G, hd) over its own T keys, `CAUSAL_BLOCK` queries at a time, each block
+    over the keys up to its last query only: the causally masked upper triangle is never computed (at T = 512, 36
+    of 64 score tiles). Exact: the skipped keys are masked for every query of the block, so they added exactly
+    zero; only a fully masked (padding) row, uniform over fewer keys, differs.
+
+    One custom VJP over all blocks, so the backward adds each block's key and value gradients into one buffer in
+    place; through per-block slices, autodiff padded every block's gradients to T and summed them in one slow
+    fusion."""
+    return _causal_forward(qm, k_t, v_t, mask, g)[0]
+
+
+def _causal_forward(qm, k_t, v_t, mask, g):
+    parts = [_attention_forward(qm[:, :, s * g : e * g], (k_t[..., :e],), (v_t[:, :, :e],), (mask[:, s:e, :e],), g)
+             for s, e in _blocks(k_t.shape[-1])]
+    return tuple(jnp.concatenate(xs, axis=2) for xs in zip(*parts))
+
+
+def _causal_attention_fwd(qm, k_t, v_t, mask, g):
+    out, row_max, inv_sum = _saved(*_causal_forward(qm, k_t, v_t, mask, g))
+    return out, (qm, k_t, v_t, mask, out, row_max, inv_sum)
+
+
+def _causal_attention_bwd(g, res, dout):
+    qm, k_t, v_t, mask, out, row_max, inv_sum = res
+    delta = _delta(dout, out)
+    dq, dk, dv = [], jnp.zeros(k_t.shape, jnp.float32), jnp.zeros(v_t.shape, jnp.float32)
+    for s, e in _blocks(k_t.shape[-1]):
+        rows = slice(s * g, e * g)
+        dq_i, dk_i, dv_i = _part_grads(qm[:, :, rows], k_t[..., :e], v_t[:, :, :e], mask[:, s:e, :e], g,
+                                       dout[:, :, rows], delta[:, :, rows], row_max[:, :, rows], inv_sum[:, :, rows])
+        dq.append(dq_i.astype(qm.dtype))
+        dk = dk.at[..., :e].add(dk_i)
+        dv = dv.at[:, :, :e].add(dv_i)
+    return jnp.concatenate(dq, axis=2), dk.astype(k_t.dtype), dv.astype(v_t.dtype), None
+
+
+_causal_attention.defvjp(_causal_attention_fwd, _causal_attention_bwd)
 
 
 def attend_cache(
@@ -269,15 +365,15 @@ def cached_einsum_attention(q: Array, k: Array, v: Array, k_cache: Array, v_cach
     The cache is read as it was before this call's write and the new block is attended separately: reading the
     written cache made XLA:CPU materialise it as a second buffer (a full copy per layer and token) besides the
     in-place update. With the layout (see `_grouped_attention`), one decode layer at B 32, S 704 went from 18.6 to
-    1.5 ms. With a static q_start of 0 (a prefill into an empty cache) only the new block is attended."""
-    t = q.shape[1]
-    q_slot = q_start + jnp.arange(t)
-    parts = [(k, v, attention_mask(q_segment, q_segment, q_slot, q_slot))]
-    if _static_int(q_start) != 0:
-        kv_slot = jnp.arange(k_cache.shape[-1])
-        old = attention_mask(q_segment, kv_segment, q_slot, kv_slot) & (kv_slot < q_start)[None, None, :]
-        parts.insert(0, (k_cache, v_cache, old))
-    return _grouped_attention(q, parts)
+    1.5 ms. With a static q_start of 0 (a prefill into an empty cache) only the new block is attended, in causal
+    query blocks."""
+    q_slot = q_start + jnp.arange(q.shape[1])
+    new = (k, v, attention_mask(q_segment, q_segment, q_slot, q_slot))
+    if _static_int(q_start) == 0:
+        return _causal_blocks(q, *new)
+    kv_slot = jnp.arange(k_cache.shape[-1])
+    old = attention_mask(q_segment, kv_segment, q_slot, kv_slot) & (kv_slot < q_start)[None, None, :]
+    return _grouped_attention(q, [(k_cache, v_cache, old), new])
 
 
 # --------------------------------------------------------------------------------------------------- blockwise

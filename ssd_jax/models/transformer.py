@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from ssd_jax.models.attention import SOFTMAX_RESIDUALS
 from ssd_jax.models.config import ModelConfig
 from ssd_jax.models.layers import MLP, PRODUCT, TRANSPOSED, Attention, KVCache, MoE, RMSNorm, _init
 from ssd_jax.models.moe import MoEStats
@@ -69,10 +70,11 @@ def _remat(fn, policy: str):
     if policy == "none":
         return fn
     cp = jax.checkpoint_policies
-    # save_dots also keeps the projections (custom-VJP outputs) and the transposed copies the CPU backward products
-    # read (layers.transposed_for_backward): recomputed, those would be folded back into the dots.
+    # save_dots also keeps the projections (custom-VJP outputs), the transposed copies the CPU backward products
+    # read (layers.transposed_for_backward): recomputed, those would be folded back into the dots; and the einsum
+    # attention's output and softmax statistics, so that its backward does not rerun its forward.
     saveable = {"full": None, "save_dots": cp.save_from_both_policies(
-        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED))}[policy]
+        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS))}[policy]
     return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
 
 
