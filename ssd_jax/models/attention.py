@@ -29,8 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
+
+from ssd_jax.models import remat
 
 Array = jax.Array
 
@@ -43,9 +44,6 @@ CPU_EINSUM_MAX_SCORES = 2048 * 2048
 # Query rows per causal block of einsum self-attention (`_causal_blocks`); 64 was fastest for SmolLM2's heads at
 # T = 512 on a 2-core Xeon (forward + backward 73 ms per layer, against 80 at 128 and 111 unblocked).
 CAUSAL_BLOCK = 64
-# Checkpoint name of the einsum attention's output and softmax row statistics (`_softmax_attention`): the
-# `save_dots` remat policy keeps them, so the backward never reruns the attention forward.
-SOFTMAX_RESIDUALS = "attention_softmax_residuals"
 # Fixed number of packed segments per row that the cuDNN path can describe (its offsets are static-shaped).
 CUDNN_MAX_SEGMENTS = 64
 _GPU_PLATFORMS = ("gpu", "cuda")
@@ -258,7 +256,7 @@ def _delta(dout, out):
 
 
 def _saved(*xs):
-    return tuple(checkpoint_name(x, SOFTMAX_RESIDUALS) for x in xs)
+    return tuple(remat.keep(x, remat.SOFTMAX_RESIDUALS) for x in xs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -266,7 +264,7 @@ def _softmax_attention(qm, keys, values, masks, g):
     """softmax(mask(qm·keys / √hd))·values over the concatenated parts; qm (B, K, M, hd), M = T·G.
 
     A custom VJP in FlashAttention's manner: the residuals are the output and the softmax's row statistics, named
-    `SOFTMAX_RESIDUALS` so that the `save_dots` remat policy keeps them (a few numbers per row); the backward
+    `remat.SOFTMAX_RESIDUALS` so that the `save_dots` remat policy keeps them (a few numbers per row); the backward
     recomputes the probabilities from one product of the scores and uses rowsum(dout·out) for the softmax's
     backward. Autodiff rematerialised the whole forward (both products and the softmax's reductions) and fused
     rowsum(dp·p) into a slow dot-and-reduce on XLA:CPU."""

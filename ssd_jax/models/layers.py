@@ -20,7 +20,7 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from ssd_jax.models import moe
+from ssd_jax.models import moe, remat
 from ssd_jax.models.attention import attend, attend_cache
 from ssd_jax.models.config import ModelConfig, RopeConfig
 
@@ -71,20 +71,9 @@ def project(x: Array, w: Array | tuple[Array, ...], dtype, contract: int = 1):
     return ys if isinstance(w, tuple) else ys[0]
 
 
-# Checkpoint names the `save_dots` remat policy keeps (models/transformer.py): the transposed copies that backward
-# products read on CPU (see `transposed_for_backward`), and `project`'s products (outputs of a custom VJP, which
-# the policy's dot rule does not see).
-TRANSPOSED = "cpu_transposed_operand"
-PRODUCT = "projection"
-
-
-def _transposes_saved(dtype) -> bool:
-    return jax.default_backend() == "cpu" and dtype == jnp.bfloat16
-
-
 def transposed_for_backward(z: Array) -> Array:
     """The residual through which a backward product reads zᵀ (z 2-D): for bf16 on CPU a transposed copy made in
-    the forward pass, named `TRANSPOSED` and stored by `stored_residual`; elsewhere z itself.
+    the forward pass, named `remat.TRANSPOSED` and stored fp32 (`remat.stored`); elsewhere z itself.
 
     Why: XLA:CPU hands only canonical row-major (M, K) × (K, N) products to YNNPACK's AMX/AVX512-BF16 kernels; it
     folds a transpose into the dot and then upcasts a bf16 product to an fp32 GEMM (1680 → 258 GFLOP/s for a
@@ -92,26 +81,19 @@ def transposed_for_backward(z: Array) -> Array:
     and carried to the backward through the layer scan's residuals cannot be folded. In fp32 the transposed forms
     run at 80-100 % of the canonical one and the copies cost more than they save (SmolLM2's step: 17.8 s without,
     18.7 with); on GPU, cuBLAS takes either layout."""
-    return checkpoint_name(stored_residual(z.T), TRANSPOSED) if _transposes_saved(z.dtype) else z
-
-
-def stored_residual(z: Array) -> Array:
-    """A residual as the layer scan stacks it: fp32 on CPU for a bf16 value (exactly; cast back at use). XLA:CPU
-    upcasts a bf16 dynamic-update-slice, so writing one layer's bf16 residual into the (layers, …) stack rewrote
-    the whole stack, every layer (as for the KV cache, see `KVCache`)."""
-    return z.astype(jnp.float32) if _transposes_saved(z.dtype) else z
+    return checkpoint_name(remat.stored(z.T), remat.TRANSPOSED) if remat.bf16_on_cpu(z.dtype) else z
 
 
 def dot_t(a: Array, saved: Array) -> Array:
     """a @ zᵀ accumulated in fp32, in a's dtype, given `saved = transposed_for_backward(z)`."""
     saved = saved.astype(a.dtype)
-    return jnp.dot(a, saved if _transposes_saved(a.dtype) else saved.T, preferred_element_type=jnp.float32)
+    return jnp.dot(a, saved if remat.bf16_on_cpu(a.dtype) else saved.T, preferred_element_type=jnp.float32)
 
 
 def t_dot(saved: Array, b: Array) -> Array:
     """zᵀ @ b accumulated in fp32, in b's dtype, given `saved = transposed_for_backward(z)`."""
     saved = saved.astype(b.dtype)
-    return jnp.dot(saved if _transposes_saved(b.dtype) else saved.T, b, preferred_element_type=jnp.float32)
+    return jnp.dot(saved if remat.bf16_on_cpu(b.dtype) else saved.T, b, preferred_element_type=jnp.float32)
 
 
 def _dot(x: Array, w: Array) -> Array:
@@ -126,7 +108,7 @@ def _matmuls(x: Array, ws: tuple[Array, ...]) -> tuple[Array, ...]:
 
 
 def _matmuls_fwd(x, ws):
-    ys = tuple(checkpoint_name(y, PRODUCT) for y in _matmuls(x, ws))
+    ys = tuple(remat.keep(y, remat.PRODUCT) for y in _matmuls(x, ws))
     return ys, (transposed_for_backward(x), tuple(transposed_for_backward(w) for w in ws))
 
 
@@ -317,7 +299,7 @@ def _swiglu_fwd(x, wg, wu, wd, b):
     g, u = _gate_up(x, wg, wu, b)
     y, a = _down(g, u, wd)
     saved = tuple(transposed_for_backward(z) for z in (x, a, wg, wu, wd))
-    return y, (stored_residual(g), stored_residual(u), saved, b)
+    return y, (remat.stored(g), remat.stored(u), saved, b)
 
 
 def _swiglu_bwd(res, dy):

@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ssd_jax.models.attention import SOFTMAX_RESIDUALS
+from ssd_jax.models import remat
 from ssd_jax.models.config import ModelConfig
-from ssd_jax.models.layers import MLP, PRODUCT, TRANSPOSED, Attention, KVCache, MoE, RMSNorm, _init
+from ssd_jax.models.layers import MLP, Attention, KVCache, MoE, RMSNorm, _init
 from ssd_jax.models.moe import MoEStats
 from ssd_jax.sharding import constrain_batch
 
@@ -64,18 +64,6 @@ def _stacked_layers(cfg: ModelConfig, sparse: bool, count: int, rngs: nnx.Rngs) 
         return DecoderLayer(cfg, sparse, r)
 
     return make(rngs)
-
-
-def _remat(fn, policy: str):
-    if policy == "none":
-        return fn
-    cp = jax.checkpoint_policies
-    # save_dots also keeps the projections (custom-VJP outputs), the transposed copies the CPU backward products
-    # read (layers.transposed_for_backward): recomputed, those would be folded back into the dots; and the einsum
-    # attention's output and softmax statistics, so that its backward does not rerun its forward.
-    saveable = {"full": None, "save_dots": cp.save_from_both_policies(
-        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS))}[policy]
-    return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
 
 
 class CausalLM(nnx.Module):
@@ -158,19 +146,20 @@ class CausalLM(nnx.Module):
 
         def body(carry, xs):
             h, ck, cv = carry
+            h = h.astype(self.cfg.dtype)  # carried as `remat.stored(h)`: the scan keeps it for the backward
             params, i = xs
             layer = nnx.merge(graphdef, params)
             layer_cache = None if ck is None else (ck, cv, i) + tuple(stack_cache[2:])
             h, kv, stats = layer(h, positions, segment_ids, layer_cache, self.mesh)
             h = constrain_batch(h, self.mesh)
             ck, cv = (None, None) if kv is None else kv
-            return (h, ck, cv), (stats, h if keep_hidden else None)
+            return (remat.stored(h), ck, cv), (stats, h if keep_hidden else None)
 
         if stack_cache is None:
-            body = _remat(body, self.cfg.remat)
-        carry = (x, None, None) if stack_cache is None else (x, stack_cache[0], stack_cache[1])
+            body = remat.remat(body, self.cfg.remat)
+        carry = (remat.stored(x), None, None) if stack_cache is None else (remat.stored(x),) + stack_cache[:2]
         (x, ck, cv), (stats, hs) = jax.lax.scan(body, carry, (state, jnp.arange(n)))
-        return x, (None if ck is None else (ck, cv)), stats, hs
+        return x.astype(self.cfg.dtype), (None if ck is None else (ck, cv)), stats, hs
 
     def head_kernel(self) -> Array:
         """(D, V) LM-head matrix in compute dtype (the transposed embedding when tied)."""

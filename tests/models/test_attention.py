@@ -140,13 +140,13 @@ def test_einsum_backward_under_save_dots_does_not_rerun_the_forward():
     """Under the layers' save_dots remat policy the einsum attention's output and softmax statistics are kept, so
     the gradient holds 2 batched products per causal block forward and 5 backward (the scores recomputed once, dp,
     dq, dk, dv), not a rerun of the forward's two."""
-    from ssd_jax.models.transformer import _remat
+    from ssd_jax.models.remat import remat
     from tests.hlo import jaxpr_dots
 
     t = 2 * A.CAUSAL_BLOCK + 22  # three blocks
     seg = jnp.ones((1, t), jnp.int32)
     q, k, v = _qkv(6, 1, t, t, 4, 2, hd=8)
-    f = _remat(lambda q, k, v: A.einsum_attention(q, k, v, seg, seg, 0), "save_dots")
+    f = remat(lambda q, k, v: A.einsum_attention(q, k, v, seg, seg, 0), "save_dots")
     jaxpr = jax.make_jaxpr(jax.grad(lambda q, k, v: jnp.sum(f(q, k, v) * q), argnums=(0, 1, 2)))(q, k, v).jaxpr
     batched = [e for e in jaxpr_dots(jaxpr) if e.params["dimension_numbers"][1][0]]
     assert len(batched) == 7 * 3, len(batched)

@@ -258,17 +258,23 @@ def test_train_step_runs_three_vocabulary_gemms(tiny_dir):
     assert len(big) == 3, [str(e)[:200] for e in big]
 
 
-def test_bf16_train_step_runs_every_projection_as_a_canonical_bf16_product(tiny_dir):
+@pytest.fixture(scope="module")
+def bf16_step_hlo(tiny_dir):
+    """(model, compiled HLO text) of the bf16-compute train step on CPU, compiled once for the tests below."""
+    model = hf.load(tiny_dir("llama_bias_tied"), dtype="bfloat16", param_dtype="float32")
+    opt = nnx.Optimizer(model, optim.make_optimizer(OPT), wrt=nnx.Param)
+    batch = {k: jnp.asarray(v[None, :2]) for k, v in packed_batches(1, seq_len=40)[0].items()}
+    return model, train_step.make_train_step(1000).lower(model, opt, batch).compile().as_text()
+
+
+def test_bf16_train_step_runs_every_projection_as_a_canonical_bf16_product(bf16_step_hlo):
     """With bf16 compute on CPU, every 2-D product of the decoder layers in the compiled step, forward and backward,
     is bf16 × bf16 in canonical (M, K) × (K, N) form: the only form XLA:CPU gives YNNPACK's AMX/AVX512-BF16
     kernels (any other is upcast to an fp32 GEMM; layers.transposed_for_backward). The LM head's products are
     left out (their operands are the embedding and the vocabulary-sized softmax)."""
     import re
 
-    model = hf.load(tiny_dir("llama_bias_tied"), dtype="bfloat16", param_dtype="float32")
-    opt = nnx.Optimizer(model, optim.make_optimizer(OPT), wrt=nnx.Param)
-    batch = {k: jnp.asarray(v[None, :2]) for k, v in packed_batches(1, seq_len=40)[0].items()}
-    hlo = train_step.make_train_step(1000).lower(model, opt, batch).compile().as_text()
+    model, hlo = bf16_step_hlo
     shapes = dict(re.findall(r"%([\w.\-]+) = (\w+\[[\d,]*\])", hlo))
     dots = re.findall(r"= \w+\[[\d,]*\]\S* dot\(%([\w.\-]+), %([\w.\-]+)\), (lhs_contracting_dims=\{\d\}, "
                       r"rhs_contracting_dims=\{\d\})", hlo)  # 2-D products have no batch dims
@@ -278,3 +284,13 @@ def test_bf16_train_step_runs_every_projection_as_a_canonical_bf16_product(tiny_
     bad = [d for d in layer_dots if not (d[0].startswith("bf16[") and d[1].startswith("bf16[")
                                          and d[2] == "lhs_contracting_dims={1}, rhs_contracting_dims={0}")]
     assert not bad, bad
+
+
+def test_bf16_train_step_keeps_no_bf16_residual_stack(bf16_step_hlo):
+    """What the layer scan keeps for the backward is stacked over layers in fp32 (models/remat.py): XLA:CPU upcasts
+    a bf16 dynamic-update-slice, so each layer's write into a bf16 (layers, …) stack rewrote the whole stack."""
+    import re
+
+    model, hlo = bf16_step_hlo
+    bf16_updates = re.findall(r"%[\w.\-]*dynamic-update-slice[\w.\-]* = (bf16\[[\d,]*\])", hlo)
+    assert not bf16_updates, bf16_updates

@@ -1,0 +1,48 @@
+"""What the layer scan keeps for the backward pass: the checkpoint names the `save_dots` policy saves, the policy,
+and how a kept value is stored.
+
+`save_dots` keeps the matmul outputs without batch dimensions (JAX's own rule) and the values named here: custom
+VJPs hide their products from that rule (`project`'s products), the CPU backward products read transposed copies
+made in the forward (`layers.transposed_for_backward`), and the einsum attention's backward needs only its output
+and softmax statistics (`attention._softmax_attention`), so it does not rerun the forward.
+
+On CPU a bf16 value the scan keeps is stored as fp32 (exactly, cast back at use): XLA:CPU upcasts a bf16
+dynamic-update-slice, so writing one layer's bf16 residual into the (layers, …) stack rewrote the whole stack every
+layer (for SmolLM2's bf16 SFT step, 0.75 s of 8 in such rewrites).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+Array = jax.Array
+
+TRANSPOSED = "cpu_transposed_operand"
+PRODUCT = "projection"
+SOFTMAX_RESIDUALS = "attention_softmax_residuals"
+
+
+def bf16_on_cpu(dtype) -> bool:
+    return jax.default_backend() == "cpu" and dtype == jnp.bfloat16
+
+
+def stored(z: Array) -> Array:
+    """z as the layer scan stacks it: fp32 for a bf16 value on CPU (exact), else z."""
+    return z.astype(jnp.float32) if bf16_on_cpu(z.dtype) else z
+
+
+def keep(z: Array, name: str) -> Array:
+    """z, named for the `save_dots` policy and kept as `stored(z)`."""
+    return checkpoint_name(stored(z), name).astype(z.dtype)
+
+
+def remat(fn, policy: str):
+    """`fn` (a layer-scan body) rematerialised in the backward pass under `policy` (config.REMAT_POLICIES)."""
+    if policy == "none":
+        return fn
+    cp = jax.checkpoint_policies
+    saveable = {"full": None, "save_dots": cp.save_from_both_policies(
+        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS))}[policy]
+    return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
