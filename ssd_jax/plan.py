@@ -13,8 +13,8 @@ bf16 compute on GPU/TPU); the MoE grouped GEMM is the tiled loop and the expert-
 all_to_all (a GPU run uses a grouped-GEMM kernel and ragged_all_to_all into buffers of the same size, moving only
 the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well); with
 `remat: save_dots` and bf16 compute, the transposed copies of projection inputs and weights that only the CPU
-backward reads (`layers.transposed_for_backward`) are counted (the paper configs use `remat: full`, which does
-not keep them).
+backward reads (`layers.transposed_for_backward`) are counted, and every kept residual at fp32 size (CPU-only
+storage, `models/remat.py`); the paper configs use `remat: full`, which keeps neither.
 """
 
 from __future__ import annotations
