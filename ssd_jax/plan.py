@@ -13,8 +13,9 @@ bf16 compute on GPU/TPU); the MoE grouped GEMM is the tiled loop and the expert-
 all_to_all (a GPU run uses a grouped-GEMM kernel and ragged_all_to_all into buffers of the same size, moving only
 the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well); with
 `remat: save_dots` and bf16 compute, the transposed copies of projection inputs and weights that only the CPU
-backward reads (`layers.transposed_for_backward`) are counted, and every kept residual at fp32 size (CPU-only
-storage, `models/remat.py`); the paper configs use `remat: full`, which keeps neither.
+backward reads (`layers.transposed_for_backward`) are counted; and on CPU every residual the layer scan keeps for
+a bf16 model is stored fp32 (`models/remat.py`): with `remat: full` (the paper configs) that is only each layer's
+input, at twice its bf16 size.
 """
 
 from __future__ import annotations
