@@ -41,8 +41,9 @@ LIVE_TILES_SCOPE = "attention_live_kv_tiles"  # names the blockwise loops over t
 # CPU keeps the einsum up to this many scores per (row, head): below it the dense mask costs less than the loop
 # overhead of blockwise, and the whole CPU test suite and demo run at these sizes.
 CPU_EINSUM_MAX_SCORES = 2048 * 2048
-# Query rows per causal block of einsum self-attention (`_causal_blocks`); 64 was fastest for SmolLM2's heads at
-# T = 512 on a 2-core Xeon (forward + backward 73 ms per layer, against 80 at 128 and 111 unblocked).
+# Queries per causal block of einsum self-attention (`_causal_attention`). Of 32, 64 and 128, 64 was fastest for
+# SmolLM2's heads at T = 512 on a 2-core Xeon (benchmarks/attention_side_by_side.py: 85.8 ms forward + backward
+# per layer, against 129 unblocked and 86 for torch's SDPA).
 CAUSAL_BLOCK = 64
 # Fixed number of packed segments per row that the cuDNN path can describe (its offsets are static-shaped).
 CUDNN_MAX_SEGMENTS = 64
