@@ -50,7 +50,6 @@ def torch_round(a, state, ids):
 
 def jax_round(a, state, ids):
     import jax
-    from flax import nnx
 
     from ssd_jax.config import OptimConfig
     from ssd_jax.models import hf
@@ -61,8 +60,9 @@ def jax_round(a, state, ids):
         options = dict(kv.split("=", 1) for kv in a.set)
         model = hf.load(a.model, dtype=a.dtype, param_dtype="float32", **options)
         state["m"] = model
-        state["opt"] = nnx.Optimizer(model, optim.make_optimizer(OptimConfig(warmup_steps=2, total_steps=10**6)),
-                                     wrt=nnx.Param)
+        # optim.create, as `ssd-jax train` does: it commits the step counters, so the step compiles once (a bare
+        # nnx.Optimizer's uncommitted counters recompile the step on its second call, inside the timed steps).
+        state["opt"] = optim.create(model, OptimConfig(warmup_steps=2, total_steps=10**6))
         state["step"] = make_train_step(2048)
     model, opt, step_fn = state["m"], state["opt"], state["step"]
     # HF shifts labels inside the model; here targets are the next tokens and the last position has no target.
@@ -73,11 +73,23 @@ def jax_round(a, state, ids):
              "positions": np.broadcast_to(np.arange(ids.shape[-1], dtype=np.int32), ids.shape).copy()}
     batch = {k: jax.numpy.asarray(v) for k, v in batch.items()}
     jax.block_until_ready(step_fn(model, opt, batch))  # warm-up (compiles in the first round)
+    compiles = len(_COMPILES)
     t0 = time.perf_counter()
     for _ in range(a.steps):
         metrics = step_fn(model, opt, batch)
     jax.block_until_ready(metrics)
-    return time.perf_counter() - t0
+    dt = time.perf_counter() - t0
+    if len(_COMPILES) != compiles:
+        raise SystemExit(f"the JAX step compiled {len(_COMPILES) - compiles}x inside the timed steps")
+    return dt
+
+
+_COMPILES: list[float] = []
+
+
+def _count_compiles(event: str, seconds: float, **_) -> None:
+    if event == "/jax/core/compile/backend_compile_duration":
+        _COMPILES.append(seconds)
 
 
 def main() -> None:
@@ -95,6 +107,9 @@ def main() -> None:
     from ssd_jax.bundled import resolve_model
 
     a.model = str(resolve_model(a.model or "bundled:smollm2-135m"))
+    import jax.monitoring
+
+    jax.monitoring.register_event_duration_secs_listener(_count_compiles)
     from ssd_jax.models.hf import model_config
 
     vocab = model_config(a.model).vocab_size
