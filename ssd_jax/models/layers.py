@@ -46,15 +46,40 @@ def rope_inv_freq(rope: RopeConfig, head_dim: int) -> np.ndarray:
     return inv_freq.astype(np.float32)
 
 
-def apply_rope(x: Array, positions: Array, inv_freq: np.ndarray) -> Array:
-    """Rotate-half RoPE. x: (B, T, heads, head_dim); positions: (B, T) int."""
+def rope_tables(positions: Array, inv_freq: np.ndarray, dtype) -> tuple[Array, Array]:
+    """(cos, sin), each (B, T, 1, head_dim) in `dtype`, for positions (B, T): computed once per forward and shared
+    by every layer, as HF's rotary embedding is (fp32 angles, cast to the compute dtype)."""
     freqs = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # (B, T, hd/2)
     emb = jnp.concatenate([freqs, freqs], axis=-1)
-    cos = jnp.cos(emb).astype(x.dtype)[:, :, None, :]
-    sin = jnp.sin(emb).astype(x.dtype)[:, :, None, :]
+    return jnp.cos(emb).astype(dtype)[:, :, None, :], jnp.sin(emb).astype(dtype)[:, :, None, :]
+
+
+def _rotate_half(x: Array) -> Array:
     half = x.shape[-1] // 2
-    rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos + rotated * sin
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+@jax.custom_vjp
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """Rotate-half RoPE: x (B, T, heads, head_dim), tables from `rope_tables`.
+
+    A custom VJP because XLA:CPU fused autodiff's backward (two slices, a pad and an add per half, rounded after
+    each op in bf16) into a loop 12× slower than this one-pass form, dx = dy·cos − rotate_half(dy·sin), which is
+    the same value (bit-identical in bf16; fp32 differs in the last bit by summation order). The tables get no
+    gradient (positions are integers)."""
+    return x * cos + _rotate_half(x) * sin
+
+
+def _apply_rope_fwd(x, cos, sin):
+    return apply_rope(x, cos, sin), (cos, sin)
+
+
+def _apply_rope_bwd(res, dy):
+    cos, sin = res
+    return dy * cos - _rotate_half(dy * sin), None, None
+
+
+apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
 
 
 def project(x: Array, w: Array | tuple[Array, ...], dtype, contract: int = 1):
@@ -192,22 +217,19 @@ class Attention(nnx.Module):
         if cfg.qk_norm:
             self.q_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
             self.k_norm = RMSNorm(hd, cfg.rms_norm_eps, param_dtype=pd)
-        # A tuple of Python floats is static graph data: an array attribute would be an NNX state leaf, i.e. land in
-        # the checkpoint, the optimizer and the HF key map. It becomes a compile-time constant at trace time.
-        self._inv_freq = tuple(float(f) for f in rope_inv_freq(cfg.rope, hd))
         self.impl = cfg.attention_impl
 
     def __call__(
         self,
         x: Array,
-        positions: Array,
+        rope: tuple[Array, Array],
         segment_ids: Array,
         cache: tuple[Array, Array, Array, Array, Array] | None = None,
         mesh=None,
     ) -> tuple[Array, tuple[Array, Array] | None]:
-        """x (B, T, D). With `cache=(k, v, layer, kv_segment_ids, end)` (k/v: the whole stack's cache) this layer's
-        new keys/values are written at [layer, :, end:end+T] and attention runs over that layer's cache; returns
-        the updated stack cache (k, v)."""
+        """x (B, T, D); `rope` the model's (cos, sin) (`rope_tables`). With `cache=(k, v, layer, kv_segment_ids,
+        end)` (k/v: the whole stack's cache) this layer's new keys/values are written at [layer, :, end:end+T] and
+        attention runs over that layer's cache; returns the updated stack cache (k, v)."""
         dt = self.dtype
         x = x.astype(dt)
         # (B, T, heads, head_dim) each, one saved xᵀ for the three.
@@ -218,8 +240,7 @@ class Attention(nnx.Module):
             v = v + self.v_bias[...].astype(dt)
         if self.use_qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        inv_freq = np.asarray(self._inv_freq, np.float32)
-        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
 
         if cache is None:
             out = attend(q, k, v, segment_ids, segment_ids, 0, impl=self.impl, mesh=mesh)

@@ -21,7 +21,7 @@ from flax import nnx
 
 from ssd_jax.models import remat
 from ssd_jax.models.config import ModelConfig
-from ssd_jax.models.layers import MLP, Attention, KVCache, MoE, RMSNorm, _init
+from ssd_jax.models.layers import MLP, Attention, KVCache, MoE, RMSNorm, _init, rope_inv_freq, rope_tables
 from ssd_jax.models.moe import MoEStats
 from ssd_jax.sharding import constrain_batch
 
@@ -44,8 +44,8 @@ class DecoderLayer(nnx.Module):
         self.sparse = sparse
         self.mlp = MoE(cfg, rngs) if sparse else MLP(cfg.hidden_size, cfg.intermediate_size, cfg, rngs)
 
-    def __call__(self, x, positions, segment_ids, cache=None, mesh=None):
-        h, new_kv = self.attn(self.input_layernorm(x), positions, segment_ids, cache, mesh)
+    def __call__(self, x, rope, segment_ids, cache=None, mesh=None):
+        h, new_kv = self.attn(self.input_layernorm(x), rope, segment_ids, cache, mesh)
         x = x + h.astype(x.dtype)
         stats = None
         if self.sparse:
@@ -115,11 +115,12 @@ class CausalLM(nnx.Module):
         x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.dtype)
         if cfg.pad_token_id is not None:
             x = jnp.where((tokens == cfg.pad_token_id)[..., None], jax.lax.stop_gradient(x), x)
+        rope = rope_tables(positions, rope_inv_freq(cfg.rope, cfg.head_dim), cfg.dtype)
         hidden = [x] if output_hidden_states else None
         stats, new_k, new_v = None, [], []
         for s, stack in enumerate(self.layers):
             stack_cache = None if cache is None else (cache.k[s], cache.v[s], kv_segment, cache.end)
-            x, kv, st, hs = self._run_stack(stack, x, positions, segment_ids, stack_cache, output_hidden_states)
+            x, kv, st, hs = self._run_stack(stack, x, rope, segment_ids, stack_cache, output_hidden_states)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -138,7 +139,7 @@ class CausalLM(nnx.Module):
                       hidden_states=tuple(hidden) if hidden else None, moe_stats=stats,
                       last_hidden=x if return_hidden else None)
 
-    def _run_stack(self, stack: DecoderLayer, x, positions, segment_ids, stack_cache, keep_hidden: bool):
+    def _run_stack(self, stack: DecoderLayer, x, rope, segment_ids, stack_cache, keep_hidden: bool):
         """Scan one stack of layers. The cache of a stack, (n, B, S, K, hd), rides in the carry so each layer's
         new keys are written in place at (layer, :, end)."""
         graphdef, state = nnx.split(stack)
@@ -150,7 +151,7 @@ class CausalLM(nnx.Module):
             params, i = xs
             layer = nnx.merge(graphdef, params)
             layer_cache = None if ck is None else (ck, cv, i) + tuple(stack_cache[2:])
-            h, kv, stats = layer(h, positions, segment_ids, layer_cache, self.mesh)
+            h, kv, stats = layer(h, rope, segment_ids, layer_cache, self.mesh)
             h = constrain_batch(h, self.mesh)
             ck, cv = (None, None) if kv is None else kv
             return (remat.stored(h), ck, cv), (stats, h if keep_hidden else None)

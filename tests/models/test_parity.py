@@ -186,3 +186,47 @@ def test_swiglu_custom_vjp_equals_autodiff(dtype, bias):
     for g_, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         g_, w_ = np.asarray(g_, np.float32), np.asarray(w_, np.float32)
         assert np.max(np.abs(g_ - w_)) <= tol * np.max(np.abs(w_))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_rope_matches_hf_forward_and_backward(dtype):
+    """layers.apply_rope (tables from rope_tables) against transformers' apply_rotary_pos_emb with its rotary
+    embedding's cos/sin, forward and gradient, on packed positions; and its hand-written backward equals autodiff of
+    the same forward with no pad in it (autodiff's slice-and-pad backward is what XLA:CPU fused into a slow loop)."""
+    import jax
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    from ssd_jax.models import layers
+    from ssd_jax.models.config import RopeConfig
+
+    b, t, h, hd = 2, 12, 3, 16
+    r = np.random.default_rng(0)
+    dt, tdt = jnp.dtype(dtype), getattr(torch, dtype)
+    pos = np.stack([np.r_[np.arange(7), np.arange(5)], np.arange(3, 3 + t)]).astype(np.int32)
+    x = r.standard_normal((b, t, h, hd)).astype(np.float32)
+    cot = r.standard_normal((b, t, h, hd)).astype(np.float32)
+    inv = layers.rope_inv_freq(RopeConfig(theta=10000.0), hd)
+    cos, sin = layers.rope_tables(jnp.asarray(pos), inv, dt)
+
+    loss = lambda fn: lambda x: jnp.sum(fn(x).astype(jnp.float32) * cot)  # noqa: E731
+    rope = jax.jit(lambda x: layers.apply_rope(x, cos, sin))
+    got_y, got_dx = rope(jnp.asarray(x, dt)), jax.jit(jax.grad(loss(rope)))(jnp.asarray(x, dt))
+
+    # HF: cos/sin (B, T, hd) from fp32 angles cast to the activations' dtype; q laid out (B, heads, T, hd).
+    emb = torch.from_numpy(pos)[..., None].float() * torch.from_numpy(np.asarray(inv))
+    emb = torch.cat([emb, emb], -1)
+    xt = torch.from_numpy(x).to(tdt).transpose(1, 2).requires_grad_()
+    yt, _ = apply_rotary_pos_emb(xt, xt, emb.cos().to(tdt), emb.sin().to(tdt))
+    (yt.float() * torch.from_numpy(cot).transpose(1, 2)).sum().backward()
+    want_y = yt.detach().transpose(1, 2).float().numpy()
+    want_dx = xt.grad.transpose(1, 2).float().numpy()
+    tol = 1e-6 if dtype == "float32" else 0.0  # bf16: the same ops rounded at the same places, so equal
+    for got, want in ((got_y, want_y), (got_dx, want_dx)):
+        assert np.max(np.abs(np.asarray(got, np.float32) - want)) <= tol * np.max(np.abs(want))
+
+    plain = lambda x: x * cos + layers._rotate_half(x) * sin  # noqa: E731
+    want_auto = jax.jit(jax.grad(loss(plain)))(jnp.asarray(x, dt))
+    assert np.max(np.abs(np.asarray(got_dx, np.float32) - np.asarray(want_auto, np.float32))) <= tol * 10
+    assert "pad" not in str(jax.make_jaxpr(jax.grad(loss(rope)))(jnp.asarray(x, dt)))
+    assert "pad" in str(jax.make_jaxpr(jax.grad(loss(plain)))(jnp.asarray(x, dt)))  # the form it replaces
