@@ -49,11 +49,19 @@ def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None)
 
 
 def _chunk_terms(h_c, head, t_c, w_c):
-    """A chunk's logits z (fp32), their logsumexp and Σ w·(lse − z[target])."""
+    """A chunk's exp(z − max z) and its row sums (the softmax's parts, z = the fp32 logits) and Σ w·(lse − z[target]),
+    lse = log Σ exp(z − max z) + max z, as `jax.nn.logsumexp`.
+
+    The exponentials are one array that the loss and the softmax gradient share: computing exp(z − lse) again for
+    the gradient, as written from logsumexp, cost one more exp pass over (chunk, V), and XLA:CPU runs an exp fused
+    into a reduction at half the speed of a standalone one (SmolLM2's 2048 × 49,152 chunk: 437 → 238 ms)."""
     z = jnp.einsum("bcd,dv->bcv", h_c, head, preferred_element_type=jnp.float32)
-    lse = jax.nn.logsumexp(z, axis=-1)
+    m = jax.lax.stop_gradient(jnp.max(z, axis=-1, keepdims=True))
+    e = jnp.exp(z - m)
+    s = jnp.sum(e, axis=-1, keepdims=True)
+    lse = (jnp.log(s) + m)[..., 0]
     zt = jnp.take_along_axis(z, t_c[..., None], axis=-1)[..., 0]
-    return z, lse, jnp.sum(w_c * (lse - zt))
+    return e, s, jnp.sum(w_c * (lse - zt))
 
 
 @jax.custom_vjp
@@ -77,10 +85,10 @@ def _ce_sum_fwd(h, head, targets, weights):
     def body(carry, xs):
         total, d_head = carry
         h_c, t_c, w_c = xs
-        z, lse, s = _chunk_terms(h_c, head, t_c, w_c)
-        dz = jnp.exp(z - lse[..., None])
-        dz = w_c[..., None] * jnp.where(jnp.arange(z.shape[-1]) == t_c[..., None], dz - 1.0, dz)
-        dz = dz.astype(dt)
+        e, s_row, s = _chunk_terms(h_c, head, t_c, w_c)
+        w_c = w_c[..., None]
+        dz = e * (w_c / s_row)  # w · softmax
+        dz = jnp.where(jnp.arange(e.shape[-1]) == t_c[..., None], dz - w_c, dz).astype(dt)
         d_h = jnp.einsum("bcv,dv->bcd", dz, head, preferred_element_type=jnp.float32).astype(dt)
         d_head = d_head + jnp.einsum("bcd,bcv->dv", h_c, dz, preferred_element_type=jnp.float32)
         return (total + s, d_head), d_h
