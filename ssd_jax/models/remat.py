@@ -3,8 +3,9 @@ and how a kept value is stored.
 
 `save_dots` keeps the matmul outputs without batch dimensions (JAX's own rule) and the values named here: custom
 VJPs hide their products from that rule (`project`'s products), the CPU backward products read transposed copies
-made in the forward (`layers.transposed_for_backward`), and the einsum attention's backward needs only its output
-and softmax statistics (`attention._softmax_attention`), so it does not rerun the forward.
+made in the forward (`layers.transposed_for_backward`), the einsum attention's backward needs only its output
+and softmax statistics (`attention._softmax_attention`), so it does not rerun the forward, and it reads the
+queries and keys after RoPE (`layers.Attention`) rather than recomputing the rotation from the projections.
 
 On CPU a bf16 value the scan keeps is stored as fp32 (exactly, cast back at use): XLA:CPU upcasts a bf16
 dynamic-update-slice, so writing one layer's bf16 residual into the (layers, …) stack rewrote the whole stack every
@@ -22,6 +23,7 @@ Array = jax.Array
 TRANSPOSED = "cpu_transposed_operand"
 PRODUCT = "projection"
 SOFTMAX_RESIDUALS = "attention_softmax_residuals"
+ROTATED = "rotated_queries_keys"
 
 
 def bf16_on_cpu(dtype) -> bool:
@@ -44,5 +46,5 @@ def remat(fn, policy: str):
         return fn
     cp = jax.checkpoint_policies
     saveable = {"full": None, "save_dots": cp.save_from_both_policies(
-        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS))}[policy]
+        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS, ROTATED))}[policy]
     return jax.checkpoint(fn, policy=saveable, prevent_cse=False)

@@ -230,3 +230,31 @@ def test_rope_matches_hf_forward_and_backward(dtype):
     assert np.max(np.abs(np.asarray(got_dx, np.float32) - np.asarray(want_auto, np.float32))) <= tol * 10
     assert "pad" not in str(jax.make_jaxpr(jax.grad(loss(rope)))(jnp.asarray(x, dt)))
     assert "pad" in str(jax.make_jaxpr(jax.grad(loss(plain)))(jnp.asarray(x, dt)))  # the form it replaces
+
+
+def test_save_dots_keeps_the_rotated_queries_and_keys_not_their_projections(tiny_dir, capsys):
+    """Under `save_dots` a decoder layer's backward reads q and k after RoPE (kept, named `remat.ROTATED`) and v and
+    the output projection's product; q's and k's projections are not kept, and the rotation is not recomputed from
+    them (on CPU, XLA fused that recompute with the residual stack's slicing into a slow loop)."""
+    import jax
+    from flax import nnx
+
+    from ssd_jax.models import layers, remat
+    from ssd_jax.models.transformer import DecoderLayer
+
+    cfg = hf.load(tiny_dir("llama_bias_tied")).cfg
+    layer = DecoderLayer(cfg, False, nnx.Rngs(0))
+    b, t = 2, 16
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((b, t, cfg.hidden_size)), jnp.float32)
+    rope = layers.rope_tables(jnp.broadcast_to(jnp.arange(t), (b, t)), layers.rope_inv_freq(cfg.rope, cfg.head_dim),
+                              jnp.float32)
+    seg = jnp.ones((b, t), jnp.int32)
+    capsys.readouterr()
+    jax.ad_checkpoint.print_saved_residuals(
+        lambda x: jnp.sum(remat.remat(lambda x: layer(x, rope, seg)[0], "save_dots")(x)), x)
+    out = capsys.readouterr().out
+    rotated = [ln.split()[0] for ln in out.splitlines() if f"named '{remat.ROTATED}'" in ln]
+    products = [ln.split()[0] for ln in out.splitlines() if f"named '{remat.PRODUCT}'" in ln]
+    hd = cfg.head_dim
+    assert sorted(rotated) == sorted([f"f32[{b},{t},{cfg.num_heads},{hd}]", f"f32[{b},{t},{cfg.num_kv_heads},{hd}]"])
+    assert sorted(products) == sorted([f"f32[{b * t},{cfg.num_kv_heads * hd}]", f"f32[{b * t},{cfg.hidden_size}]"])
