@@ -21,6 +21,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from ssd_jax.models import moe, remat
+from ssd_jax.models.activations import silu_mul
 from ssd_jax.models.attention import attend, attend_cache
 from ssd_jax.models.config import ModelConfig, RopeConfig
 
@@ -303,7 +304,7 @@ def _gate_up(x: Array, wg: Array, wu: Array, b) -> tuple[Array, Array]:
 
 
 def _down(g: Array, u: Array, wd: Array) -> tuple[Array, Array]:
-    a = jax.nn.silu(g) * u
+    a = silu_mul(g, u)
     return _dot(a, wd), a
 
 

@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
+from ssd_jax.models.activations import silu_mul
 from ssd_jax.sharding import batch_axes, param_spec
 
 Array = jax.Array
@@ -108,7 +109,7 @@ def moe_dense(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, valid=None) -> 
     logits, weights, idx = route(x2, router_w, top_k, norm_topk_prob)
     e = router_w.shape[1]
     combine = jnp.zeros((b * t, e), x.dtype).at[jnp.arange(b * t)[:, None], idx].add(weights)
-    h = jax.nn.silu(jnp.einsum("nd,edf->nef", x2, wg)) * jnp.einsum("nd,edf->nef", x2, wu)
+    h = silu_mul(jnp.einsum("nd,edf->nef", x2, wg), jnp.einsum("nd,edf->nef", x2, wu))
     y = jnp.einsum("nef,efd,ne->nd", h, wd, combine)
     return y.reshape(b, t, d), moe_stats(logits, idx, _valid2(valid, b * t))
 
@@ -124,7 +125,7 @@ def moe_ragged_global(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, valid=N
     token = order // top_k
     xs = x2[token]
     sizes = jnp.bincount(flat_e, length=router_w.shape[1]).astype(jnp.int32)
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, sizes)) * jax.lax.ragged_dot(xs, wu, sizes)
+    h = silu_mul(jax.lax.ragged_dot(xs, wg, sizes), jax.lax.ragged_dot(xs, wu, sizes))
     ys = jax.lax.ragged_dot(h, wd, sizes) * weights.reshape(-1)[order][:, None]
     y = jnp.zeros((b * t, d), x.dtype).at[token].add(ys)
     return y.reshape(b, t, d), moe_stats(logits, idx, _valid2(valid, b * t))
@@ -207,7 +208,7 @@ def _expert_ffn(xs: Array, sizes: Array, wg: Array, wu: Array, wd: Array, gemm: 
     the rows expected to be real (under even routing), which sizes the tiled form's tiles."""
     if gemm == "tiled":
         return _expert_ffn_tiled(xs, sizes, wg, wu, wd, tile_rows(rows_hint or xs.shape[0], sizes.shape[0]))
-    h = jax.nn.silu(jax.lax.ragged_dot(xs, wg, sizes)) * jax.lax.ragged_dot(xs, wu, sizes)
+    h = silu_mul(jax.lax.ragged_dot(xs, wg, sizes), jax.lax.ragged_dot(xs, wu, sizes))
     return jax.lax.ragged_dot(h, wd, sizes)
 
 
@@ -265,7 +266,7 @@ def _tiles_swiglu(xt: Array, te: Array, used: Array, wg: Array, wu: Array, wd: A
 
     def body(t, y):
         x_t, e = xt[t], te[t]
-        h = jax.nn.silu(x_t @ wg[e]) * (x_t @ wu[e])
+        h = silu_mul(x_t @ wg[e], x_t @ wu[e])
         return jax.lax.dynamic_update_index_in_dim(y, (h @ wd[e]).astype(xt.dtype), t, 0)
 
     return _tile_loop(used, body, _zeros_like_vma(xt.shape[:2] + (wd.shape[-1],), xt.dtype, xt))
