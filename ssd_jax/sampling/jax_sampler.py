@@ -61,6 +61,15 @@ def _spread(logits, cache: KVCache, pos, source):
     return rows(logits, 0), cache, rows(pos, 0)
 
 
+@functools.partial(jax.jit, static_argnames=("length",))
+def _grow(cache: KVCache, length: int) -> KVCache:
+    """`cache` with its slot axis extended to `length` (empty slots: segment id 0)."""
+    pad = lambda x, axis: jnp.pad(x, [(0, length - x.shape[axis]) if a == axis else (0, 0)  # noqa: E731
+                                      for a in range(x.ndim)])
+    return KVCache(tuple(pad(k, -1 % k.ndim) for k in cache.k), tuple(pad(v, v.ndim - 2) for v in cache.v),
+                   pad(cache.segment_ids, 1), cache.end)
+
+
 @functools.partial(nnx.jit, static_argnames=("chunk",), donate_argnums=(1,), graph_updates=False)
 def _decode_chunk(model, state: DecodeState, params, eos_ids, chunk) -> DecodeState:
     """Run up to `chunk` steps, fewer once every row is done.
@@ -94,16 +103,25 @@ class JaxSampler:
 
     def __init__(self, model, tokenizer=None, *, batch_size: int = 8, max_prompt_len: int = 512,
                  max_new_tokens: int = 256, chunk: int = 32, prompt_bucket: int = 64, mesh=None,
-                 eos_token_ids: Sequence[int] | None = None):
+                 eos_token_ids: Sequence[int] | None = None, cache_lengths: int = 4):
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.chunk = batch_size, chunk
         self.max_prompt_len = -(-max_prompt_len // prompt_bucket) * prompt_bucket
         self.max_new_tokens = max_new_tokens
         self.bucket = prompt_bucket
+        self.full_cache = self.max_prompt_len + max_new_tokens
+        self.cache_granule = -(-self.full_cache // max(1, cache_lengths) // prompt_bucket) * prompt_bucket
         self.mesh = mesh
         if eos_token_ids is None:
             eos_token_ids = _eos_ids(model, tokenizer)
         self.eos = jnp.asarray(sorted(set(eos_token_ids)) or [-1], jnp.int32)
+
+    def cache_len(self, need: int) -> int:
+        """The cache length for `need` slots: a multiple of 1/`cache_lengths` of the full length (whole prompt
+        buckets), at most the full length. The cache grows through these lengths as the batch decodes (each is one
+        compiled decode chunk): a decode step's attention reads every slot it is given, so it reads about the
+        filled part instead of all max_prompt_len + max_new_tokens slots."""
+        return min(self.full_cache, -(-need // self.cache_granule) * self.cache_granule)
 
     def _place(self, x):
         if self.mesh is None:
@@ -152,7 +170,6 @@ class JaxSampler:
         max_new = max(p.max_tokens for p in params)
         if max_new > self.max_new_tokens:
             raise ValueError(f"max_tokens={max_new} exceeds this sampler's max_new_tokens={self.max_new_tokens}")
-        cache_len = self.max_prompt_len + self.max_new_tokens
         # Each distinct prompt is prefilled once (n samples of a problem share it), in the smallest of b/4, b/2, b
         # rows that holds them; its cache row is then copied to every row that samples from it.
         distinct: dict[tuple, int] = {}  # prompt → its prefill row
@@ -175,7 +192,8 @@ class JaxSampler:
         keys = self._place(np.stack([np.asarray(jax.random.fold_in(jax.random.PRNGKey(p.seed), rid))
                                      for p, rid in zip(allp, list(request_ids) + [0] * (b - real))]))
 
-        logits, cache, pos = _prefill(self.model, self._place(tokens), self._place(seg), cache_len)
+        logits, cache, pos = _prefill(self.model, self._place(tokens), self._place(seg),
+                                      self.cache_len(plen + self.chunk))
         if rows != b or source != list(range(b)):
             logits, cache, pos = _spread(logits, cache, pos, self._place(np.asarray(source, np.int32)))
         done = np.zeros(b, bool)
@@ -185,8 +203,13 @@ class JaxSampler:
                             self._place(np.zeros((b, self.max_new_tokens), np.float32)),
                             self._place(np.zeros(b, np.int32)))
         sp = tuple(self._place(x) for x in (temperature, top_k, top_p)) + (keys, self._place(max_tokens))
+        step = 0
         while True:
+            length = self.cache_len(plen + step + self.chunk)
+            if length > state.cache.segment_ids.shape[1]:
+                state = state._replace(cache=_grow(state.cache, length))
             state = _decode_chunk(self.model, state, sp, self.eos, self.chunk)
+            step = int(state.step)
             done = np.asarray(state.done).copy()
             n_gen = np.asarray(state.n_generated)
             if any(p.stop for p in params):

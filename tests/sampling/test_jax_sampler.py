@@ -173,3 +173,24 @@ def test_samples_of_one_prompt_share_its_prefill(tiny_sampler, monkeypatch):
         alone = sampler.generate([prompts[i]], [params[i]], request_ids=[1 + i])[0]
         assert alone.token_ids == together[i].token_ids
     assert together[0].token_ids != together[2].token_ids  # same prompt, own stream
+
+
+def test_growing_cache_gives_the_full_cache_outputs(tiny_sampler, monkeypatch):
+    """The cache grows through its lengths as the batch decodes (attention reads about the filled part) and every
+    request gets the tokens and log-probs it gets with one full-length cache."""
+    from ssd_jax.sampling import jax_sampler as js
+
+    model, grown = tiny_sampler
+    full = JaxSampler(model, batch_size=4, max_prompt_len=16, max_new_tokens=24, chunk=8, prompt_bucket=16,
+                      eos_token_ids=[], cache_lengths=1)
+    lengths = []
+    grow = js._grow
+    monkeypatch.setattr(js, "_grow", lambda cache, length: lengths.append(length) or grow(cache, length))
+    params = [SamplingParams(temperature=t, top_k=20, top_p=0.9, max_tokens=24, seed=5, logprobs=True)
+              for t in (0.0, 1.0, 1.3, 0.8)]
+    a, b = grown.generate(PROMPTS, params), full.generate(PROMPTS, params)
+    assert [full.cache_len(n) for n in (24, 32, 40)] == [40, 40, 40]
+    assert [grown.cache_len(n) for n in (24, 32, 40)] == [32, 32, 40] and lengths == [40]
+    for x, y in zip(a, b):
+        assert x.token_ids == y.token_ids and len(x.token_ids) == 24
+        np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
