@@ -71,7 +71,8 @@ def main() -> None:
     med = {name: statistics.median(v) for name, v in ms.items()}
     for name, m in med.items():
         print(f"{name:26s} {m:8.1f} ms")
-    print(f"ratio torch / ssd-jax (speed of ssd-jax relative to torch): {med['torch sdpa'] / med['ssd-jax (causal blocks)']:.3f}")
+    ratio = med["torch sdpa"] / med["ssd-jax (causal blocks)"]
+    print(f"ratio torch / ssd-jax (speed of ssd-jax relative to torch): {ratio:.3f}")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,6 @@ def remat(fn, policy: str):
     if policy == "none":
         return fn
     cp = jax.checkpoint_policies
-    saveable = {"full": None, "save_dots": cp.save_from_both_policies(
-        cp.dots_with_no_batch_dims_saveable, cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS, ROTATED))}[policy]
-    return jax.checkpoint(fn, policy=saveable, prevent_cse=False)
+    named = cp.save_only_these_names(PRODUCT, TRANSPOSED, SOFTMAX_RESIDUALS, ROTATED)
+    saveable = {"full": None, "save_dots": cp.save_from_both_policies(cp.dots_with_no_batch_dims_saveable, named)}
+    return jax.checkpoint(fn, policy=saveable[policy], prevent_cse=False)

@@ -63,10 +63,14 @@ def _spread(logits, cache: KVCache, pos, source):
 
 @functools.partial(jax.jit, static_argnames=("length",))
 def _grow(cache: KVCache, length: int) -> KVCache:
-    """`cache` with its slot axis extended to `length` (empty slots: segment id 0)."""
-    pad = lambda x, axis: jnp.pad(x, [(0, length - x.shape[axis]) if a == axis else (0, 0)  # noqa: E731
-                                      for a in range(x.ndim)])
-    return KVCache(tuple(pad(k, -1 % k.ndim) for k in cache.k), tuple(pad(v, v.ndim - 2) for v in cache.v),
+    """`cache` with its slot axis extended to `length` (empty slots: segment id 0). Keys are (…, hd, S), values
+    (…, S, hd), segment ids (B, S)."""
+    def pad(x, axis):
+        widths = [(0, 0)] * x.ndim
+        widths[axis] = (0, length - x.shape[axis])
+        return jnp.pad(x, widths)
+
+    return KVCache(tuple(pad(k, k.ndim - 1) for k in cache.k), tuple(pad(v, v.ndim - 2) for v in cache.v),
                    pad(cache.segment_ids, 1), cache.end)
 
 
@@ -220,7 +224,7 @@ class JaxSampler:
                         if any(s in text for s in params[r].stop):
                             done[r] = True
                 state = state._replace(done=self._place(done))
-            if done.all() or int(state.step) >= self.max_new_tokens:
+            if done.all() or step >= self.max_new_tokens:
                 break
         toks, lps, n_gen = np.asarray(state.tokens), np.asarray(state.logprobs), np.asarray(state.n_generated)
         eos = set(np.asarray(self.eos).tolist())

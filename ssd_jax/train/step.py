@@ -49,8 +49,8 @@ def chunked_cross_entropy(hidden, head, targets, weights, chunk: int, mesh=None)
 
 
 def _chunk_terms(h_c, head, t_c, w_c):
-    """A chunk's exp(z − max z) and its row sums (the softmax's parts, z = the fp32 logits) and Σ w·(lse − z[target]),
-    lse = log Σ exp(z − max z) + max z, as `jax.nn.logsumexp`.
+    """A chunk's exp(z − max z) and its row sums (the softmax's parts; z = the fp32 logits), and Σ w·(lse −
+    z[target]) with lse = log Σ exp(z − max z) + max z, as `jax.nn.logsumexp`.
 
     The exponentials are one array that the loss and the softmax gradient share: computing exp(z − lse) again for
     the gradient, as written from logsumexp, cost one more exp pass over (chunk, V), and XLA:CPU runs an exp fused
