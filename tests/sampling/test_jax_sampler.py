@@ -146,7 +146,7 @@ def test_decode_chunk_updates_the_kv_cache_in_place(tiny_sampler, tiny_dir, dtyp
                            jnp.zeros((b, 24), jnp.float32), jnp.zeros(b, jnp.int32))
     params = (jnp.ones(b), jnp.full(b, 20, jnp.int32), jnp.full(b, 0.9), jnp.zeros((b, 2), jnp.uint32),
               jnp.full(b, 24, jnp.int32))
-    hlo = js._decode_chunk.lower(model, state, params, sampler.eos, 4).compile().as_text()
+    hlo = js._decode_chunk.lower(model, state, params, sampler.eos, 4, jnp.int32(5)).compile().as_text()
     shapes = {",".join(map(str, x.shape)) for x in cache.k + cache.v}
     shapes = "|".join(shapes)
     copies = [ln for ln in hlo.splitlines() if re.search(r"= \w+\[(%s)\]\{[\d,]*\} copy\(" % shapes, ln)
@@ -175,22 +175,66 @@ def test_samples_of_one_prompt_share_its_prefill(tiny_sampler, monkeypatch):
     assert together[0].token_ids != together[2].token_ids  # same prompt, own stream
 
 
-def test_growing_cache_gives_the_full_cache_outputs(tiny_sampler, monkeypatch):
-    """The cache grows through its lengths as the batch decodes (attention reads about the filled part) and every
-    request gets the tokens and log-probs it gets with one full-length cache."""
+def test_moved_and_grown_cache_gives_the_full_cache_outputs(tiny_sampler, monkeypatch):
+    """The cache moves through its lengths as the batch decodes (attention reads about the filled part): at slot 32
+    the rows move left by the earliest prompt's start (4) into 48 slots, and every request gets the tokens and
+    log-probs it gets with one full-length cache that never moves."""
     from ssd_jax.sampling import jax_sampler as js
 
     model, grown = tiny_sampler
     full = JaxSampler(model, batch_size=4, max_prompt_len=16, max_new_tokens=24, chunk=8, prompt_bucket=16,
                       eos_token_ids=[], cache_lengths=1)
-    lengths = []
-    grow = js._grow
-    monkeypatch.setattr(js, "_grow", lambda cache, length: lengths.append(length) or grow(cache, length))
+    moves = []
+    resize = js._resize
+    monkeypatch.setattr(js, "_resize", lambda cache, shift, length: moves.append((int(shift), length))
+                        or resize(cache, shift, length))
     params = [SamplingParams(temperature=t, top_k=20, top_p=0.9, max_tokens=24, seed=5, logprobs=True)
               for t in (0.0, 1.0, 1.3, 0.8)]
-    a, b = grown.generate(PROMPTS, params), full.generate(PROMPTS, params)
-    assert [full.cache_len(n) for n in (24, 32, 40)] == [40, 40, 40]
-    assert [grown.cache_len(n) for n in (24, 32, 40)] == [32, 32, 40] and lengths == [40]
+    a = grown.generate(PROMPTS, params)
+    assert moves == [(4, 48)]  # the longest prompt (12 tokens) starts at slot 16 - 12
+    b = full.generate(PROMPTS, params)
+    assert moves == [(4, 48)] and [full.cache_len(n) for n in (24, 48)] == [48, 48]
     for x, y in zip(a, b):
         assert x.token_ids == y.token_ids and len(x.token_ids) == 24
         np.testing.assert_allclose(x.logprobs, y.logprobs, atol=1e-5)
+
+
+def test_a_finished_row_takes_the_next_request(tiny_dir, monkeypatch):
+    """Continuous batching: 2 rows, 7 requests of 2–20 tokens. Rows are refilled as they finish (a request joins
+    while the other row decodes), the batch runs about as many steps as the tokens need (a static batch waits for
+    its longest row), a longer prompt than the write slot moves the rows right, and every request gets exactly the
+    tokens it gets alone."""
+    from ssd_jax.sampling import jax_sampler as js
+
+    model = hf.load(tiny_dir("llama3"))
+    sampler = JaxSampler(model, batch_size=2, max_prompt_len=16, max_new_tokens=20, chunk=8, prompt_bucket=8,
+                         eos_token_ids=[])
+    prompts = [[3, 1], [9], [4, 4, 4], [8, 6, 5, 4, 3, 2, 1, 9, 8, 7, 6, 5], [2, 7, 1, 8], [6], [5, 5]]
+    lengths = [2, 3, 20, 6, 9, 17, 4]
+    params = [SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_tokens=n, seed=7, logprobs=True)
+              for n in lengths]
+    joins, moves, steps = [], [], []
+    splice, resize, chunk = js._splice, js._resize, js._decode_chunk
+    monkeypatch.setattr(js, "_splice", lambda state, *a: joins.append(int((~np.asarray(state.done)).sum()))
+                        or splice(state, *a))
+    monkeypatch.setattr(js, "_resize", lambda cache, shift, length: moves.append(int(shift))
+                        or resize(cache, shift, length))
+    monkeypatch.setattr(js, "_decode_chunk", lambda *a: (lambda st: steps.append(int(st.step)) or st)(chunk(*a)))
+    together = sampler.generate(prompts, params, request_ids=list(range(7)))
+    assert [len(c.token_ids) for c in together] == lengths
+    assert sum(1 for live in joins if live > 0) >= 3  # requests joined a batch that was decoding
+    static = 9 + 20 + 17 + 6  # rows in join order (buckets, then ids): (9, 2), (20, 4), (17, 3), (6)
+    assert steps[-1] <= -(-sum(lengths) // 2) + 4 < static
+    # Two 1-token prompts finish after 2 tokens at write slot 10; the 12-token prompt (bucket 16) moves them right.
+    short = [prompts[1], prompts[5], prompts[3]]
+    short_params = [SamplingParams(temperature=1.0, top_k=20, top_p=0.9, max_tokens=n, seed=7, logprobs=True)
+                    for n in (2, 2, 5)]
+    moves.clear()
+    mixed = sampler.generate(short, short_params, request_ids=[1, 5, 3])
+    assert moves == [-6]
+    monkeypatch.undo()
+    for ps, ss, rid, out in [(prompts, params, range(7), together), (short, short_params, [1, 5, 3], mixed)]:
+        for p, sp, r, c in zip(ps, ss, rid, out):
+            alone = sampler.generate([p], [sp], request_ids=[r])[0]
+            assert alone.token_ids == c.token_ids
+            np.testing.assert_allclose(alone.logprobs, c.logprobs, atol=1e-5)
