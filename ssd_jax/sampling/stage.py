@@ -1,6 +1,6 @@
 """`ssd-jax sample`: problems → prompts → N samples each, appended to a resumable JSONL.
 
-Each finished sample is appended and fsync'ed as the sampler hands it back; on start the file is read
+Each finished group of samples is appended and fsync'ed before the next group starts; on start the file is read
 back (a line torn by a kill is cut off) and only the missing (problem, sample index) pairs are generated. Seeds are
 per request, derived from (seed, problem id, sample index), so a resumed run draws what an uninterrupted one would
 have drawn (JAX backend; vLLM's CPU/GPU kernels are deterministic per seed but not across versions).
@@ -220,6 +220,9 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
 
             total = len(pairs[rank::n_proc])
             progress = tqdm(total=total, initial=total - len(todo), desc="sample", unit="sample")
+        # JAX: groups of a few batches, each appended when done. vLLM: every request in one submission, so its
+        # scheduler keeps the GPU full (continuous batching), each completion appended as it finishes.
+        group = len(todo) if cfg.backend == "vllm" else max(cfg.batch_size, 1) * 4
 
         def record(pi, rendered, c) -> dict:
             (p, i), (text, _) = pi, rendered
@@ -228,16 +231,16 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
                     "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
                     "backend": cfg.backend}
 
-        # Every request in one submission, so the backend's scheduler keeps its rows full (both batch continuously:
-        # a finished row takes the next request), each completion appended as it finishes.
         try:
-            rendered = [render(p, cfg.prompt, tokenizer) for p, _ in todo]
-            stream = sampler.stream([ids for _, ids in rendered], params,
-                                    request_ids=[request_id(p.id, i) for p, i in todo])
-            for finished in stream:
-                sink.append([record(todo[j], rendered[j], c) for j, c in finished])
-                if progress is not None:
-                    progress.update(len(finished))
+            for start in range(0, len(todo), group):
+                chunk = todo[start : start + group]
+                rendered = [render(p, cfg.prompt, tokenizer) for p, _ in chunk]
+                stream = sampler.stream([ids for _, ids in rendered], params,
+                                        request_ids=[request_id(p.id, i) for p, i in chunk])
+                for finished in stream:
+                    sink.append([record(chunk[j], rendered[j], c) for j, c in finished])
+                    if progress is not None:
+                        progress.update(len(finished))
         finally:
             if progress is not None:
                 progress.close()

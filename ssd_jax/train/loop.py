@@ -45,6 +45,12 @@ def validate(cfg: TrainConfig, n_devices: int) -> int:
         raise ConfigError("model.path: required (an HF directory or bundled:smollm2-135m)")
     if not cfg.data.train_file:
         raise ConfigError("data.train_file: required (SFT JSONL of {\"messages\": [...]})")
+    if cfg.model.dtype == "bfloat16" and cfg.model.scan_layers is False and jax.default_backend() == "cpu":
+        # Unscanned, XLA folds the layers' saved transposes back into their bf16 products, and XLA:CPU's dot
+        # runtime rejects what is left (`DotThunk: BF16 x BF16 = F32`) at the first step.
+        raise ConfigError("model.scan_layers=false with model.dtype=bfloat16 does not train on XLA:CPU (its dot "
+                          "runtime rejects the unscanned bf16 backward); leave scan_layers null or true, or use "
+                          "dtype float32")
     shape = dict(zip(AXES, cfg.mesh.shape(n_devices)))
     batch_ways = math.prod(shape[a] for a in BATCH_AXES)
     if micro % batch_ways:

@@ -170,6 +170,9 @@ def test_bad_config_key_and_values(setup, tmp_path, cli):
     assert code == 2 and "data.too_long: 'explode' is not one of 'truncate' | 'drop'" in err
     code, err = cli(["train", "--config", str(cfg), "--set", "global_batch=3"])
     assert code == 2 and "multiple of micro_batch=2" in err
+    code, err = cli(["train", "--config", str(cfg), "--set", "model.dtype=bfloat16",
+                     "--set", "model.scan_layers=false"])
+    assert code == 2 and "model.scan_layers=false with model.dtype=bfloat16 does not train on XLA:CPU" in err
     bad = tmp_path / "bad.yaml"
     bad.write_text("model: {path: x\n")
     code, err = cli(["train", "--config", str(bad)])
