@@ -56,7 +56,6 @@ def _prefill(model, tokens, segment_ids, cache_len):
     return model.logits(out.last_hidden[:, -1:])[:, 0], out.cache, next_pos
 
 
-
 @functools.partial(jax.jit, donate_argnums=(0,))
 def _splice(state: DecodeState, logits, cache: KVCache, pos, rows, source, count) -> DecodeState:
     """Rows `rows[:count]` of the batch start the requests prefilled in rows `source[:count]` of a prefill (logits,
@@ -168,6 +167,7 @@ class JaxSampler:
         if eos_token_ids is None:
             eos_token_ids = _eos_ids(model, tokenizer)
         self.eos = jnp.asarray(sorted(set(eos_token_ids)) or [-1], jnp.int32)
+        self.eos_set = set(eos_token_ids)  # the host's copy, for finish reasons
 
     def cache_len(self, need: int) -> int:
         """The cache length for `need` slots: a multiple of 1/`cache_lengths` of the full length (whole prompt
@@ -315,7 +315,7 @@ class JaxSampler:
 
     def _completion(self, row: _Row, toks: np.ndarray, lps: np.ndarray) -> Completion:
         t = toks.tolist()
-        reason = "stop" if t and t[-1] in set(np.asarray(self.eos).tolist()) else "length"
+        reason = "stop" if t and t[-1] in self.eos_set else "length"
         text = self.tokenizer.decode(t, skip_special_tokens=True) if self.tokenizer is not None else ""
         if row.params.stop:
             cut = min((text.find(s) for s in row.params.stop if s in text), default=-1)
