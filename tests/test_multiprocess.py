@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
                              for i in range(PROBLEMS)))
     sample = {"model": {"path": str(model)}, "problems": {"kind": "jsonl", "path": str(probs)},
               "decode": {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "max_tokens": 6, "n": N, "seed": 3},
-              "batch_size": 2, "max_prompt_len": 576, "progress": False, "mesh": {"fsdp": -1}}
+              "batch_size": 2, "max_prompt_len": tiny.CHAT_PROMPT_LEN, "progress": False, "mesh": {"fsdp": -1}}
     (root / "sample.yaml").write_text(yaml.safe_dump(sample))
     return root
 
@@ -140,7 +140,7 @@ def test_two_processes_sample_every_problem_once(setup):
     assert keys == [(f"p{i}", j) for i in range(PROBLEMS) for j in range(N)]  # merged in problem order
     ref = {(r["problem_id"], r["sample_idx"]): r for r in map(json.loads, one.read_text().splitlines())}
     assert set(ref) == set(keys)
-    # Real draws: every chat prompt (~510 tokens with the tiny tokenizer) fits, and each sample ran to its cap.
+    # Real draws: every chat prompt fits, and each sample ran to its cap.
     assert {(r["finish_reason"], r["n_tokens"]) for r in [*recs, *ref.values()]} == {("length", 6)}
     # Per-request seeds: a sample does not depend on which process drew it.
     same = sum(ref[k]["response"] == r["response"] for k, r in zip(keys, recs))

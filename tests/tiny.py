@@ -68,6 +68,9 @@ def save_tiny(name: str, out: Path, seed: int = 0, config=None) -> Path:
 CHATML = ("{%- for m in messages %}{{- '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
           "{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
 TINY_VOCAB = 384
+# max_prompt_len that fits the paper's chat prompt for a short question: the tiny tokenizer's few merges make
+# it ~520 tokens, so a smaller bound refuses every problem as prompt_too_long and a sample test draws nothing.
+CHAT_PROMPT_LEN = 576
 
 
 def save_tiny_tokenizer(out: Path) -> Path:

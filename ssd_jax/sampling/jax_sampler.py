@@ -166,8 +166,8 @@ class JaxSampler:
         self.mesh = mesh
         if eos_token_ids is None:
             eos_token_ids = _eos_ids(model, tokenizer)
-        self.eos = jnp.asarray(sorted(set(eos_token_ids)) or [-1], jnp.int32)
         self.eos_set = set(eos_token_ids)  # the host's copy, for finish reasons
+        self.eos = jnp.asarray(sorted(self.eos_set) or [-1], jnp.int32)
 
     def cache_len(self, need: int) -> int:
         """The cache length for `need` slots: a multiple of 1/`cache_lengths` of the full length (whole prompt

@@ -25,7 +25,7 @@ def setup(tmp_path_factory):
                              for i in range(N)))
     cfg = {"model": {"path": str(model)}, "problems": {"kind": "jsonl", "path": str(probs)},
            "decode": {"preset": "qwen3-30b-a3b-instruct-2507/train", "max_tokens": 48, "seed": 5},
-           "batch_size": 2, "max_prompt_len": 576, "progress": False, "mesh": {"fsdp": 1}}
+           "batch_size": 2, "max_prompt_len": tiny.CHAT_PROMPT_LEN, "progress": False, "mesh": {"fsdp": 1}}
     path = root / "sample.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return root, path
@@ -65,8 +65,8 @@ def test_kill_then_rerun_gives_one_sample_per_problem(setup):
     assert sorted((r["problem_id"], r["sample_idx"]) for r in recs) == [(f"p{i:02d}", 0) for i in range(N)]
     want = {r["problem_id"]: r["response"] for r in map(json.loads, lines(ref))}
     assert {r["problem_id"]: r["response"] for r in recs} == want
-    # The kill interrupted real decoding: every prompt (~520 tokens with the tiny tokenizer) fits, and each sample
-    # ran to its token cap (the tiny model never emits EOS within 48 tokens).
+    # The kill interrupted real decoding: every prompt fits, and each sample ran to its token cap (the tiny
+    # model never emits EOS within 48 tokens).
     assert {(r["finish_reason"], r["n_tokens"]) for r in recs} == {("length", 48)}
     manifest = json.loads(out.with_suffix(".manifest.json").read_text())
     assert manifest["generated_this_run"] == N - partial and manifest["samples"] == N
