@@ -49,8 +49,8 @@ class ModelSpec:
     moe_impl: Literal["sharded", "ragged", "dense"] = "sharded"
     moe_dispatch: Literal["auto", "ragged", "padded"] = "auto"  # auto: ragged_all_to_all on GPU/TPU, padded on CPU
     moe_capacity_factor: float = 0.0  # 0: no token is ever dropped; >0 caps each exchange (drops are counted)
-    # The experts' grouped GEMM: ragged_dot (a grouped-GEMM kernel on GPU/TPU) or tiled (a scan over one-expert row
-    # tiles; XLA:CPU expands ragged_dot into a dense masked product, G× the work). auto: tiled on CPU.
+    # The experts' grouped GEMM: ragged_dot (TPU's grouped matmul) or tiled (a loop over one-expert row tiles; XLA:CPU
+    # and XLA:GPU expand ragged_dot into a dense masked product, G× the work). auto: ragged_dot on TPU, else tiled.
     moe_grouped_gemm: Literal["auto", "ragged_dot", "tiled"] = "auto"
 
     def run_options(self, *, decoding: bool = False) -> dict[str, Any]:

@@ -51,6 +51,18 @@ def make_mesh(cfg: MeshConfig = MeshConfig(), devices=None) -> Mesh:
     return Mesh(np.asarray(devices).reshape(shape), AXES, axis_types=(AxisType.Auto,) * len(AXES))
 
 
+def platform(mesh: Mesh | None) -> str:
+    """The platform a program over `mesh` is compiled for ("cpu", "gpu", "tpu"): its devices', which may be a
+    described GPU on a machine without one (`ssd-jax plan`); without a mesh, the default device's. Every kernel and
+    lowering choice reads this, never `jax.default_backend()` alone."""
+    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
+
+
+def on_cpu(mesh: Mesh | None) -> bool:
+    """Compiled for XLA:CPU: the layers then take the forms written for it (see models/remat.py)."""
+    return platform(mesh) == "cpu"
+
+
 def fit_spec(spec: P, shape: tuple[int, ...], mesh: Mesh) -> P:
     """Per dimension, keep the spec's mesh axes (in order) while their product divides the dimension; drop the
     rest and axes of size 1. A dimension no axis divides stays replicated."""
@@ -118,7 +130,6 @@ def tree_shardings(tree, mesh: Mesh):
 
 def path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
-
 
 
 

@@ -71,5 +71,5 @@ def test_cpu_checkpoints_synchronously_by_default():
     from ssd_jax.config import TrainConfig
     from ssd_jax.train.loop import _async_checkpointing
 
-    assert _async_checkpointing(TrainConfig()) is False  # CPU: the saved copy would sit under the next step
-    assert _async_checkpointing(TrainConfig(async_checkpointing=True)) is True
+    assert _async_checkpointing(TrainConfig(), None) is False  # CPU: the saved copy would sit under the next step
+    assert _async_checkpointing(TrainConfig(async_checkpointing=True), None) is True

@@ -20,6 +20,7 @@ Implementations (`attend(impl=...)`):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -32,6 +33,7 @@ from jax import lax
 from jax.sharding import PartitionSpec as P
 
 from ssd_jax.models import remat
+from ssd_jax.sharding import on_cpu, platform
 
 Array = jax.Array
 
@@ -96,10 +98,10 @@ def attend(
     start = _static_int(q_start)
     self_attention = start == 0 and k.shape[1] == q.shape[1]
     impl = resolve_impl(
-        impl, platform=_platform(mesh), q_len=q.shape[1], kv_len=k.shape[1], decoding=not self_attention
+        impl, platform=platform(mesh), q_len=q.shape[1], kv_len=k.shape[1], decoding=not self_attention
     )
     if impl == "einsum":
-        return einsum_attention(q, k, v, q_segment, kv_segment, q_start)
+        return einsum_attention(q, k, v, q_segment, kv_segment, q_start, cpu=on_cpu(mesh))
     if impl == "blockwise":
         return blockwise_attention(q, k, v, q_segment, kv_segment, q_start, block_q=block_q, block_kv=block_kv)
     if not self_attention:
@@ -108,9 +110,9 @@ def attend(
             f"got q_start={'traced' if start is None else start}, T={q.shape[1]}, S={k.shape[1]}: use 'blockwise'"
         )
     segment = _same_segments(q_segment, kv_segment, impl)
-    if _platform(mesh) not in _GPU_PLATFORMS:
+    if platform(mesh) not in _GPU_PLATFORMS:
         raise ValueError(
-            f"attention impl {impl!r} runs on CUDA GPUs only (platform is {_platform(mesh)!r}); "
+            f"attention impl {impl!r} runs on CUDA GPUs only (platform is {platform(mesh)!r}); "
             "use 'blockwise' or 'einsum'"
         )
     if impl == "pallas":
@@ -139,10 +141,6 @@ def _static_int(x: Any) -> int | None:
         return None
 
 
-def _platform(mesh) -> str:
-    return mesh.devices.flat[0].platform if mesh is not None else jax.default_backend()
-
-
 def _same_segments(q_segment: Array, kv_segment: Array, impl: str) -> Array:
     """The fused kernels take one segment array for queries and keys; accept only provably equal ones."""
     if q_segment is kv_segment:
@@ -165,31 +163,34 @@ def attention_mask(q_segment: Array, kv_segment: Array, q_slot: Array, kv_slot: 
     return same & causal
 
 
-def einsum_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Array, q_start: Any) -> Array:
+def einsum_attention(q: Array, k: Array, v: Array, q_segment: Array, kv_segment: Array, q_start: Any, *,
+                     cpu: bool = False) -> Array:
     """The reference: dense (B,T,S) mask, fp32 scores, fp32 softmax, probabilities cast to v.dtype.
 
     Fully masked rows (padding queries) get a uniform softmax instead of NaN; their outputs are never used.
-    Self-attention (static q_start 0, S == T) runs in causal query blocks (`_causal_blocks`)."""
+    Self-attention (static q_start 0, S == T) runs in causal query blocks (`_causal_blocks`). `cpu`: compiled for
+    XLA:CPU, whose layer scan keeps the backward's residuals in fp32 (`remat.stored`)."""
     mask = attention_mask(q_segment, kv_segment, q_start + jnp.arange(q.shape[1]), jnp.arange(k.shape[1]))
     k_t, v_t = jnp.transpose(k, (0, 2, 3, 1)), jnp.transpose(v, (0, 2, 1, 3))
     if _static_int(q_start) == 0 and k.shape[1] == q.shape[1]:
-        return _causal_blocks(q, k_t, v_t, mask)
-    return _grouped_attention(q, [(k_t, v_t, mask)])
+        return _causal_blocks(q, k_t, v_t, mask, cpu)
+    return _grouped_attention(q, [(k_t, v_t, mask)], cpu)
 
 
-def _causal_blocks(q: Array, k_t: Array, v_t: Array, mask: Array) -> Array:
+def _causal_blocks(q: Array, k_t: Array, v_t: Array, mask: Array, cpu: bool = False) -> Array:
     """Self-attention of q (B, T, H, hd) over its own keys (B, K, hd, T) and values (B, K, T, hd) in causal query
     blocks (`_causal_attention`)."""
     qm, g = _fold_heads(q, k_t.shape[1])
-    return _unfold_heads(_causal_attention(qm, k_t.astype(q.dtype), v_t, mask, g), q.shape)
+    return _unfold_heads(_causal_attention(qm, k_t.astype(q.dtype), v_t, mask, g, cpu), q.shape)
 
 
-def _grouped_attention(q: Array, parts: list[tuple[Array, Array, Array]]) -> Array:
+def _grouped_attention(q: Array, parts: list[tuple[Array, Array, Array]], cpu: bool = False) -> Array:
     """Softmax attention of q (B, T, H, hd) over the keys of all `parts` at once; a part is (keys (B, K, hd, S_i),
     values (B, K, S_i, hd), mask (B, T, S_i)). Masked scores are finfo.min, so a fully masked row is uniform."""
     qm, g = _fold_heads(q, parts[0][0].shape[1])
     keys, values, masks = (tuple(p[i] for p in parts) for i in range(3))
-    return _unfold_heads(_softmax_attention(qm, tuple(kk.astype(q.dtype) for kk in keys), values, masks, g), q.shape)
+    keys = tuple(kk.astype(q.dtype) for kk in keys)
+    return _unfold_heads(_softmax_attention(qm, keys, values, masks, g, cpu), q.shape)
 
 
 def _fold_heads(q: Array, kv_heads: int) -> tuple[Array, int]:
@@ -256,12 +257,12 @@ def _delta(dout, out):
     return jnp.sum(dout.astype(jnp.float32) * out.astype(jnp.float32), axis=-1, keepdims=True)
 
 
-def _saved(*xs):
-    return tuple(remat.keep(x, remat.SOFTMAX_RESIDUALS) for x in xs)
+def _saved(cpu: bool, *xs):
+    return tuple(remat.keep(x, remat.SOFTMAX_RESIDUALS, cpu) for x in xs)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _softmax_attention(qm, keys, values, masks, g):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _softmax_attention(qm, keys, values, masks, g, cpu=False):
     """softmax(mask(qm·keys / √hd))·values over the concatenated parts; qm (B, K, M, hd), M = T·G.
 
     A custom VJP in FlashAttention's manner: the residuals are the output and the softmax's row statistics, named
@@ -272,12 +273,12 @@ def _softmax_attention(qm, keys, values, masks, g):
     return _attention_forward(qm, keys, values, masks, g)[0]
 
 
-def _softmax_attention_fwd(qm, keys, values, masks, g):
-    out, row_max, inv_sum = _saved(*_attention_forward(qm, keys, values, masks, g))
+def _softmax_attention_fwd(qm, keys, values, masks, g, cpu):
+    out, row_max, inv_sum = _saved(cpu, *_attention_forward(qm, keys, values, masks, g))
     return out, (qm, keys, values, masks, out, row_max, inv_sum)
 
 
-def _softmax_attention_bwd(g, res, dout):
+def _softmax_attention_bwd(g, cpu, res, dout):
     qm, keys, values, masks, out, row_max, inv_sum = res
     delta = _delta(dout, out)
     dq, dkeys, dvalues = 0, [], []
@@ -297,8 +298,8 @@ def _blocks(t: int) -> list[tuple[int, int]]:
     return [(s, min(s + CAUSAL_BLOCK, t)) for s in range(0, t, CAUSAL_BLOCK)]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def _causal_attention(qm, k_t, v_t, mask, g):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _causal_attention(qm, k_t, v_t, mask, g, cpu=False):
     """`_softmax_attention` of qm (B, K, T·G, hd) over its own T keys, `CAUSAL_BLOCK` queries at a time, each block
     over the keys up to its last query only: the causally masked upper triangle is never computed (at T = 512, 36
     of 64 score tiles). Exact: the skipped keys are masked for every query of the block, so they added exactly
@@ -316,12 +317,12 @@ def _causal_forward(qm, k_t, v_t, mask, g):
     return tuple(jnp.concatenate(xs, axis=2) for xs in zip(*parts))
 
 
-def _causal_attention_fwd(qm, k_t, v_t, mask, g):
-    out, row_max, inv_sum = _saved(*_causal_forward(qm, k_t, v_t, mask, g))
+def _causal_attention_fwd(qm, k_t, v_t, mask, g, cpu):
+    out, row_max, inv_sum = _saved(cpu, *_causal_forward(qm, k_t, v_t, mask, g))
     return out, (qm, k_t, v_t, mask, out, row_max, inv_sum)
 
 
-def _causal_attention_bwd(g, res, dout):
+def _causal_attention_bwd(g, cpu, res, dout):
     qm, k_t, v_t, mask, out, row_max, inv_sum = res
     delta = _delta(dout, out)
     dq, dk, dv = [], jnp.zeros(k_t.shape, jnp.float32), jnp.zeros(v_t.shape, jnp.float32)
@@ -347,7 +348,7 @@ def attend_cache(
     as it was *before* they are written, keys (B, K, hd, S) and values (B, K, S, hd). `kv_segment` (B, S) already
     includes the new tokens. The einsum works on these directly; the other impls get the written cache transposed
     to `attend`'s (B, S, K, hd)."""
-    impl = resolve_impl(impl, platform=_platform(mesh), q_len=q.shape[1], kv_len=k_cache.shape[-1], decoding=True)
+    impl = resolve_impl(impl, platform=platform(mesh), q_len=q.shape[1], kv_len=k_cache.shape[-1], decoding=True)
     if impl == "einsum":
         return cached_einsum_attention(q, k, v, k_cache, v_cache, q_segment, kv_segment, q_start)
     zero = jnp.zeros((), jnp.int32)
@@ -612,7 +613,7 @@ def pallas_attention(
     b, t, h, hd = q.shape
     tp = _pallas_len(t)
     if block_sizes is None:
-        block_sizes = pallas_mha.BlockSizes.get_default()
+        block_sizes = pallas_blocks(pallas_mha, hd, q.dtype)
     qp, kp, vp, sp = (_pad_axis1(x, tp) for x in (q, k, v, segment.astype(jnp.int32)))
 
     def local(q, k, v, seg):
@@ -641,6 +642,23 @@ def _pallas_module():
     return attention
 
 
+# Shared memory the forward kernel's K/V tiles may take: double-buffered (its num_stages=2) K and V tiles must fit
+# the opt-in limit of a block, 227 KiB on Hopper and Blackwell (XLA's h100/b200 specs) and 163 KiB on A100.
+PALLAS_KV_SMEM = 160 * 2**10
+
+
+def pallas_blocks(pallas_mha, head_dim: int, dtype):
+    """The kernel's default tiles, with the forward's KV tile halved until its double-buffered K and V tiles fit
+    `PALLAS_KV_SMEM`. At the defaults (128 × 128) an fp32 head_dim-128 model asks for 262,656 bytes, more than any
+    GPU gives a block (XLA: "Shared memory size limit exceeded"); bf16 at 128 and fp32 at 64 fit as they are."""
+    d = pallas_mha.BlockSizes.get_default()
+    hd = 1 << max(0, head_dim - 1).bit_length()  # the kernel pads head_dim to a power of two
+    block_k = d.block_k
+    while block_k > 16 and 2 * 2 * block_k * hd * jnp.dtype(dtype).itemsize > PALLAS_KV_SMEM:
+        block_k //= 2
+    return dataclasses.replace(d, block_k=block_k)
+
+
 def _pallas_len(t: int) -> int:
     """A length every default Pallas tile (128 forward, 32 backward, clipped to the length) divides."""
     if t <= 128:
@@ -662,9 +680,7 @@ def _pallas_partition(mesh, batch: int, kv_heads: int) -> tuple[Any, str | None]
 # ------------------------------------------------------------------------------------------------------- cudnn
 
 
-def cudnn_attention(
-    q: Array, k: Array, v: Array, segment: Array, *, max_segments: int = CUDNN_MAX_SEGMENTS, check_platform=True
-) -> Array:
+def cudnn_attention(q: Array, k: Array, v: Array, segment: Array, *, max_segments: int = CUDNN_MAX_SEGMENTS) -> Array:
     """cuDNN flash attention for packed self-attention rows, through JAX's private
     `jax._src.cudnn.fused_attention_stablehlo.dot_product_attention` (q/kv offsets + per-segment lengths).
 
@@ -676,8 +692,6 @@ def cudnn_attention(
     than silently wrong; padding queries are zeroed; Hopper+ GPU and cuDNN ≥ 9.6 for packed layouts (JAX's test).
     Verified here (no GPU): argument construction and lowering to the cuDNN custom call for platform 'cuda' (with
     JAX's cuDNN/compute-capability probes stubbed). NOT verified: numerics, gradients, speed on a GPU."""
-    if check_platform and jax.default_backend() not in _GPU_PLATFORMS:
-        raise ValueError(f"attention impl 'cudnn' needs a CUDA GPU (platform is {jax.default_backend()!r})")
     if q.dtype not in (jnp.bfloat16, jnp.float16) or k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"attention impl 'cudnn' needs bf16/fp16 q/k/v; got {q.dtype}, {k.dtype}, {v.dtype}")
     if max_segments < 2:

@@ -24,6 +24,7 @@ from ssd_jax.models import moe, remat
 from ssd_jax.models.activations import silu_mul
 from ssd_jax.models.attention import attend, attend_cache
 from ssd_jax.models.config import ModelConfig, RopeConfig
+from ssd_jax.sharding import on_cpu
 
 Array = jax.Array
 
@@ -83,43 +84,47 @@ def _apply_rope_bwd(res, dy):
 apply_rope.defvjp(_apply_rope_fwd, _apply_rope_bwd)
 
 
-def project(x: Array, w: Array | tuple[Array, ...], dtype, contract: int = 1):
+def project(x: Array, w: Array | tuple[Array, ...], dtype, contract: int = 1, *, cpu: bool = False):
     """x's last `contract` axes times w's first ones (a linear layer over flattened tokens and features), in `dtype`,
-    accumulated in fp32 and rounded once: what a bf16 GEMM computes anyway. Asked for explicitly because XLA:CPU
-    runs a bf16 × bf16 → fp32 dot on AMX/AVX512-BF16 through YNNPACK, but upcasts a bf16 → bf16 dot and runs it as
-    an fp32 GEMM (4-7× slower on a CPU with AMX). A tuple of kernels gives a tuple of products of the same x (one
-    saved xᵀ for all). The backward is `_matmuls`'s."""
+    accumulated in fp32 and rounded once, as a bf16 GEMM computes it. A tuple of kernels gives a tuple of products
+    of the same x.
+
+    `cpu` (the program is compiled for XLA:CPU, `sharding.on_cpu`) takes `_matmuls`, whose dots ask for the fp32
+    accumulation explicitly and whose backward reads transposed residuals: XLA:CPU runs a bf16 × bf16 → fp32 dot on
+    AMX/AVX512-BF16 through YNNPACK but upcasts a bf16 → bf16 dot to an fp32 GEMM (4-7× slower on a CPU with AMX).
+    Elsewhere these are plain dots and autodiff: cuBLAS and the TPU accumulate a bf16 GEMM in fp32 anyway."""
     lead = x.shape[: x.ndim - contract]
     x2 = x.astype(dtype).reshape(math.prod(lead), -1)
     ws = w if isinstance(w, tuple) else (w,)
-    ys = _matmuls(x2, tuple(k.astype(dtype).reshape(x2.shape[1], -1) for k in ws))
+    kernels = tuple(k.astype(dtype).reshape(x2.shape[1], -1) for k in ws)
+    ys = _matmuls(x2, kernels) if cpu else tuple(jnp.dot(x2, k, preferred_element_type=dtype) for k in kernels)
     ys = tuple(y.reshape(lead + k.shape[contract:]) for y, k in zip(ys, ws))
     return ys if isinstance(w, tuple) else ys[0]
 
 
 def transposed_for_backward(z: Array) -> Array:
-    """The residual through which a backward product reads zᵀ (z 2-D): for bf16 on CPU a transposed copy made in
-    the forward pass, named `remat.TRANSPOSED` and stored fp32 (`remat.stored`); elsewhere z itself.
+    """The residual through which an XLA:CPU backward product reads zᵀ (z 2-D): for bf16 a transposed copy made in
+    the forward pass, named `remat.TRANSPOSED` and stored fp32 (`remat.stored`); for fp32 z itself.
 
     Why: XLA:CPU hands only canonical row-major (M, K) × (K, N) products to YNNPACK's AMX/AVX512-BF16 kernels; it
     folds a transpose into the dot and then upcasts a bf16 product to an fp32 GEMM (1680 → 258 GFLOP/s for a
     2048 × 576 × 1536 weight-gradient product), and runs fp32 ones on a slower path too. A copy made in the forward
     and carried to the backward through the layer scan's residuals cannot be folded. In fp32 the transposed forms
     run at 80-100 % of the canonical one and the copies cost more than they save (SmolLM2's step: 17.8 s without,
-    18.7 with); on GPU, cuBLAS takes either layout."""
-    return checkpoint_name(remat.stored(z.T), remat.TRANSPOSED) if remat.bf16_on_cpu(z.dtype) else z
+    18.7 with)."""
+    return checkpoint_name(remat.stored(z.T, cpu=True), remat.TRANSPOSED) if z.dtype == jnp.bfloat16 else z
 
 
 def dot_t(a: Array, saved: Array) -> Array:
     """a @ zᵀ accumulated in fp32, in a's dtype, given `saved = transposed_for_backward(z)`."""
     saved = saved.astype(a.dtype)
-    return jnp.dot(a, saved if remat.bf16_on_cpu(a.dtype) else saved.T, preferred_element_type=jnp.float32)
+    return jnp.dot(a, saved if a.dtype == jnp.bfloat16 else saved.T, preferred_element_type=jnp.float32)
 
 
 def t_dot(saved: Array, b: Array) -> Array:
     """zᵀ @ b accumulated in fp32, in b's dtype, given `saved = transposed_for_backward(z)`."""
     saved = saved.astype(b.dtype)
-    return jnp.dot(saved if remat.bf16_on_cpu(b.dtype) else saved.T, b, preferred_element_type=jnp.float32)
+    return jnp.dot(saved if b.dtype == jnp.bfloat16 else saved.T, b, preferred_element_type=jnp.float32)
 
 
 def _dot(x: Array, w: Array) -> Array:
@@ -129,12 +134,12 @@ def _dot(x: Array, w: Array) -> Array:
 
 @jax.custom_vjp
 def _matmuls(x: Array, ws: tuple[Array, ...]) -> tuple[Array, ...]:
-    """x (N, K) @ each w (K, M_i) (`_dot`); the VJP reads transposed residuals."""
+    """x (N, K) @ each w (K, M_i) (`_dot`) for XLA:CPU; the VJP reads transposed residuals."""
     return tuple(_dot(x, w) for w in ws)
 
 
 def _matmuls_fwd(x, ws):
-    ys = tuple(remat.keep(y, remat.PRODUCT) for y in _matmuls(x, ws))
+    ys = tuple(remat.keep(y, remat.PRODUCT, cpu=True) for y in _matmuls(x, ws))
     return ys, (transposed_for_backward(x), tuple(transposed_for_backward(w) for w in ws))
 
 
@@ -173,12 +178,12 @@ class KVCache(NamedTuple):
     or padding slot; `end` is the next slot to write (shared by the batch, which is left-padded). Kept functional
     (passed in, returned) so decode loops can carry it through `lax` loops.
 
-    On CPU a bf16 model's cache is stored in fp32 (its values are the bf16 keys and values, exactly) and attention
-    over it runs in fp32. Why: XLA:CPU upcasts a bf16 dynamic-update-slice to fp32 (convert the whole buffer, write,
-    convert back), so each layer's one-token write rewrote its whole cache: 11 ms against 0.07 ms for a (96, 64,
-    2048) cache. Stored as uint16 bits the write is in place, but every read became a converting copy of the cache;
-    and XLA:CPU's small batched fp32 dots are faster than its bf16 ones (0.9 against 1.2 ms per decode layer).
-    """
+    Compiled for XLA:CPU (`cpu`) a bf16 model's cache is stored in fp32 (its values are the bf16 keys and values,
+    exactly) and attention over it runs in fp32. Why: XLA:CPU upcasts a bf16 dynamic-update-slice to fp32 (convert
+    the whole buffer, write, convert back), so each layer's one-token write rewrote its whole cache: 11 ms against
+    0.07 ms for a (96, 64, 2048) cache. Stored as uint16 bits the write is in place, but every read became a
+    converting copy of the cache; and XLA:CPU's small batched fp32 dots are faster than its bf16 ones (0.9 against
+    1.2 ms per decode layer)."""
 
     k: tuple[Array, ...]
     v: tuple[Array, ...]
@@ -187,8 +192,8 @@ class KVCache(NamedTuple):
 
     @classmethod
     def create(cls, stack_sizes: list[int], batch: int, max_len: int, kv_heads: int, head_dim: int,
-               dtype) -> "KVCache":
-        if jnp.dtype(dtype) == jnp.bfloat16 and jax.default_backend() == "cpu":
+               dtype, cpu: bool) -> "KVCache":
+        if jnp.dtype(dtype) == jnp.bfloat16 and cpu:
             dtype = jnp.float32
         return cls(
             k=tuple(jnp.zeros((n, batch, kv_heads, head_dim, max_len), dtype) for n in stack_sizes),
@@ -231,10 +236,10 @@ class Attention(nnx.Module):
         """x (B, T, D); `rope` the model's (cos, sin) (`rope_tables`). With `cache=(k, v, layer, kv_segment_ids,
         end)` (k/v: the whole stack's cache) this layer's new keys/values are written at [layer, :, end:end+T] and
         attention runs over that layer's cache; returns the updated stack cache (k, v)."""
-        dt = self.dtype
+        dt, cpu = self.dtype, on_cpu(mesh)
         x = x.astype(dt)
         # (B, T, heads, head_dim) each, one saved xᵀ for the three.
-        q, k, v = project(x, (self.q_proj[...], self.k_proj[...], self.v_proj[...]), dt)
+        q, k, v = project(x, (self.q_proj[...], self.k_proj[...], self.v_proj[...]), dt, cpu=cpu)
         if self.use_bias:
             q = q + self.q_bias[...].astype(dt)
             k = k + self.k_bias[...].astype(dt)
@@ -244,7 +249,7 @@ class Attention(nnx.Module):
         # Kept for the backward (the projections' outputs are then not needed there): recomputing the rotation
         # from the saved projection made XLA:CPU fuse the residual stack's dynamic slice into the rotation's
         # loop, 4-10x slower than the rotation itself (bf16: 0.46 s of a 6-8 s SmolLM2 step).
-        q, k = (remat.keep(apply_rope(z, *rope), remat.ROTATED) for z in (q, k))
+        q, k = (remat.keep(apply_rope(z, *rope), remat.ROTATED, cpu) for z in (q, k))
 
         if cache is None:
             out = attend(q, k, v, segment_ids, segment_ids, 0, impl=self.impl, mesh=mesh)
@@ -265,7 +270,7 @@ class Attention(nnx.Module):
             ck = jax.lax.dynamic_update_slice(ck, (kt + dep)[None], (layer, zero, zero, zero, start))
             cv = jax.lax.dynamic_update_slice(cv, (vt + dep)[None], (layer, zero, zero, start, zero))
             new_kv = (ck, cv)
-        y = project(out, self.o_proj[...], dt, contract=2)
+        y = project(out, self.o_proj[...], dt, contract=2, cpu=cpu)
         if self.use_bias:
             y = y + self.o_bias[...].astype(dt)
         return y, new_kv
@@ -286,12 +291,12 @@ class MLP(nnx.Module):
             self.up_bias = nnx.Param(jnp.zeros((inter,), pd))
             self.down_bias = nnx.Param(jnp.zeros((hidden,), pd))
 
-    def __call__(self, x: Array) -> Array:
+    def __call__(self, x: Array, mesh=None) -> Array:
         dt = self.dtype
         b = (self.gate_bias[...].astype(dt), self.up_bias[...].astype(dt)) if self.use_bias else None
         x2 = x.astype(dt).reshape(-1, x.shape[-1])
-        y = swiglu(x2, self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt), self.down_proj[...].astype(dt),
-                   b).reshape(x.shape)
+        y = swiglu(x2, self.gate_proj[...].astype(dt), self.up_proj[...].astype(dt), self.down_proj[...].astype(dt), b,
+                   cpu=on_cpu(mesh)).reshape(x.shape)
         if self.use_bias:
             y = y + self.down_bias[...].astype(dt)
         return y
@@ -308,10 +313,21 @@ def _down(g: Array, u: Array, wd: Array) -> tuple[Array, Array]:
     return _dot(a, wd), a
 
 
+def swiglu(x: Array, wg: Array, wu: Array, wd: Array, b: tuple[Array, Array] | None, *, cpu: bool) -> Array:
+    """down(silu(x @ wg + bg) * (x @ wu + bu)) for x (N, D), everything in x's dtype, accumulated in fp32. `cpu`
+    (compiled for XLA:CPU): `_swiglu_xla_cpu`'s hand-written backward; elsewhere plain dots and autodiff (see
+    `project`)."""
+    if cpu:
+        return _swiglu_xla_cpu(x, wg, wu, wd, b)
+    g, u = jnp.dot(x, wg, preferred_element_type=x.dtype), jnp.dot(x, wu, preferred_element_type=x.dtype)
+    if b is not None:
+        g, u = g + b[0], u + b[1]
+    return jnp.dot(silu_mul(g, u), wd, preferred_element_type=x.dtype)
+
+
 @jax.custom_vjp
-def swiglu(x: Array, wg: Array, wu: Array, wd: Array, b: tuple[Array, Array] | None) -> Array:
-    """down(silu(x @ wg + bg) * (x @ wu + bu)) for x (N, D), everything in x's dtype (fp32 accumulation, see
-    `project`).
+def _swiglu_xla_cpu(x: Array, wg: Array, wu: Array, wd: Array, b: tuple[Array, Array] | None) -> Array:
+    """`swiglu` for XLA:CPU (fp32 accumulation asked for explicitly, see `project`).
 
     A custom VJP because of what XLA:CPU made of autodiff's backward: it fused the SiLU derivative into a copy that
     writes the (tokens, inter) cotangent transposed for the weight-gradient dots, unvectorised (46 % of the MLP's
@@ -324,7 +340,7 @@ def _swiglu_fwd(x, wg, wu, wd, b):
     g, u = _gate_up(x, wg, wu, b)
     y, a = _down(g, u, wd)
     saved = tuple(transposed_for_backward(z) for z in (x, a, wg, wu, wd))
-    return y, (remat.stored(g), remat.stored(u), saved, b)
+    return y, (remat.stored(g, cpu=True), remat.stored(u, cpu=True), saved, b)
 
 
 def _swiglu_bwd(res, dy):
@@ -340,7 +356,7 @@ def _swiglu_bwd(res, dy):
     return dx.astype(dt), t_dot(xs, dg).astype(dt), t_dot(xs, du).astype(dt), t_dot(as_, dy).astype(dt), db
 
 
-swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+_swiglu_xla_cpu.defvjp(_swiglu_fwd, _swiglu_bwd)
 
 
 class MoE(nnx.Module):

@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import Mesh, PartitionSpec as P
 
 from ssd_jax.models.activations import silu_mul
-from ssd_jax.sharding import batch_axes, param_spec
+from ssd_jax.sharding import batch_axes, on_cpu, param_spec, platform
 
 Array = jax.Array
 
@@ -474,10 +474,6 @@ def _body(x, router_w, wg, wu, wd, valid, *, plan: _Plan):
 # entry point
 
 
-def _platform(mesh: Mesh | None) -> str:
-    return (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
-
-
 def moe_sharded(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, mesh=None, dispatch="auto",
                 capacity_factor=0.0, grouped_gemm="auto", valid=None) -> tuple[Array, MoEStats]:
     """Expert-parallel MoE under `jax.shard_map` (see the module docstring); without a mesh, or on a one-device mesh,
@@ -485,25 +481,28 @@ def moe_sharded(x, router_w, wg, wu, wd, *, top_k, norm_topk_prob, mesh=None, di
 
     dispatch: "ragged" (`ragged_all_to_all`: sends exactly the routed rows, into a receive buffer of ep·C rows; on
     CPU an all_gather stand-in with the same contract), "padded" (`all_to_all` of an (ep·C, D) buffer each way: ep·C
-    rows move whatever the routing), "auto" (ragged on GPU/TPU, padded on CPU).
+    rows move whatever the routing), "auto" (ragged on GPU/TPU, padded on CPU; the platform of the mesh's devices).
     C, rows per (sender, owner) pair: N_loc·k when capacity_factor == 0 (the worst case: nothing is dropped, but the
     padded buffers are ep× the routed rows), else ceil(capacity_factor · N_loc·k / ep). Assignments past C (the
     latest tokens of that sender→owner pair) contribute zero and are counted in MoEStats.dropped; both dispatches drop
     the same ones. Capacity only applies to the expert-parallel exchange: without one (no mesh, experts not split,
     or tokens replicated over `expert`) nothing is dropped.
-    grouped_gemm: "ragged_dot" (`jax.lax.ragged_dot`: a grouped-GEMM kernel on GPU/TPU, see configure_grouped_gemm),
-    "tiled" (a loop over one-expert row tiles, _expert_ffn_tiled), "auto" (tiled on CPU, ragged_dot elsewhere).
+    grouped_gemm: "ragged_dot" (`jax.lax.ragged_dot`: TPU's grouped matmul; on CPU and on GPU at XLA's defaults a
+    dense masked product, see configure_grouped_gemm), "tiled" (a loop over one-expert row tiles, _expert_ffn_tiled),
+    "auto" (ragged_dot on TPU, tiled on CPU and GPU: XLA:GPU expands every ragged_dot of the step densely, and its
+    cuDNN grouped GEMM, where a cuDNN ≥ 9.22 allows it, covers only the forward-shaped products, never the weight
+    gradient; tests/test_gpu_target.py reads it from the compiled program).
     valid (B, T) bool marks real tokens for the stats only; padding tokens are routed (and use capacity) as in HF."""
     if grouped_gemm not in GROUPED_GEMMS:
         raise ValueError(f"grouped_gemm {grouped_gemm!r}: expected {' | '.join(GROUPED_GEMMS)}")
     if dispatch not in ("auto", "padded", "ragged"):
         raise ValueError(f"dispatch {dispatch!r}: expected auto | padded | ragged")
-    on_cpu = _platform(mesh) == "cpu"
+    cpu = on_cpu(mesh)
     if dispatch == "auto":
-        dispatch = "padded" if on_cpu else "ragged"
-    elif dispatch == "ragged" and on_cpu:
+        dispatch = "padded" if cpu else "ragged"
+    elif dispatch == "ragged" and cpu:
         dispatch = "ragged_allgather"
-    gemm = ("tiled" if on_cpu else "ragged_dot") if grouped_gemm == "auto" else grouped_gemm
+    gemm = ("ragged_dot" if platform(mesh) == "tpu" else "tiled") if grouped_gemm == "auto" else grouped_gemm
     kw = dict(top_k=top_k, norm_topk_prob=norm_topk_prob, gemm=gemm)
     if mesh is None or mesh.size == 1:
         return _body(x, router_w, wg, wu, wd, valid, plan=_Plan(**kw))

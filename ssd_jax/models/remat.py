@@ -7,9 +7,10 @@ made in the forward (`layers.transposed_for_backward`), the einsum attention's b
 and softmax statistics (`attention._softmax_attention`), so it does not rerun the forward, and it reads the
 queries and keys after RoPE (`layers.Attention`) rather than recomputing the rotation from the projections.
 
-On CPU a bf16 value the scan keeps is stored as fp32 (exactly, cast back at use): XLA:CPU upcasts a bf16
+For a program compiled for XLA:CPU (`cpu=True`, decided by the caller from its mesh's devices: `sharding.on_cpu`)
+a bf16 value the scan keeps is stored as fp32 (exactly, cast back at use): XLA:CPU upcasts a bf16
 dynamic-update-slice, so writing one layer's bf16 residual into the (layers, …) stack rewrote the whole stack every
-layer (for SmolLM2's bf16 SFT step, 0.75 s of 8 in such rewrites).
+layer (for SmolLM2's bf16 SFT step, 0.75 s of 8 in such rewrites). A GPU or TPU program keeps bf16 as bf16.
 """
 
 from __future__ import annotations
@@ -26,18 +27,14 @@ SOFTMAX_RESIDUALS = "attention_softmax_residuals"
 ROTATED = "rotated_queries_keys"
 
 
-def bf16_on_cpu(dtype) -> bool:
-    return jax.default_backend() == "cpu" and dtype == jnp.bfloat16
+def stored(z: Array, cpu: bool) -> Array:
+    """z as the layer scan stacks it: fp32 for a bf16 value compiled for XLA:CPU (exact), else z."""
+    return z.astype(jnp.float32) if cpu and z.dtype == jnp.bfloat16 else z
 
 
-def stored(z: Array) -> Array:
-    """z as the layer scan stacks it: fp32 for a bf16 value on CPU (exact), else z."""
-    return z.astype(jnp.float32) if bf16_on_cpu(z.dtype) else z
-
-
-def keep(z: Array, name: str) -> Array:
-    """z, named for the `save_dots` policy and kept as `stored(z)`."""
-    return checkpoint_name(stored(z), name).astype(z.dtype)
+def keep(z: Array, name: str, cpu: bool) -> Array:
+    """z, named for the `save_dots` policy and kept as `stored(z, cpu)`."""
+    return checkpoint_name(stored(z, cpu), name).astype(z.dtype)
 
 
 def remat(fn, policy: str):

@@ -23,7 +23,7 @@ from ssd_jax.models import remat
 from ssd_jax.models.config import ModelConfig
 from ssd_jax.models.layers import MLP, Attention, KVCache, MoE, RMSNorm, _init, rope_inv_freq, rope_tables
 from ssd_jax.models.moe import MoEStats
-from ssd_jax.sharding import constrain_batch
+from ssd_jax.sharding import constrain_batch, on_cpu
 
 Array = jax.Array
 
@@ -51,7 +51,7 @@ class DecoderLayer(nnx.Module):
         if self.sparse:
             y, stats = self.mlp(self.post_attention_layernorm(x), mesh, segment_ids != 0)
         else:
-            y = self.mlp(self.post_attention_layernorm(x))
+            y = self.mlp(self.post_attention_layernorm(x), mesh)
         return x + y.astype(x.dtype), new_kv, stats
 
 
@@ -83,7 +83,7 @@ class CausalLM(nnx.Module):
     def init_cache(self, batch: int, max_len: int, dtype=None) -> KVCache:
         c = self.cfg
         return KVCache.create([n for _, n in c.layer_stacks()], batch, max_len, c.num_kv_heads, c.head_dim,
-                              dtype or c.dtype)
+                              dtype or c.dtype, on_cpu(self.mesh))
 
     def __call__(
         self,
@@ -144,21 +144,22 @@ class CausalLM(nnx.Module):
         new keys are written in place at (layer, :, end)."""
         graphdef, state = nnx.split(stack)
         n = jax.tree.leaves(state)[0].shape[0]
+        cpu = on_cpu(self.mesh)
 
         def body(carry, xs):
             h, ck, cv = carry
-            h = h.astype(self.cfg.dtype)  # carried as `remat.stored(h)`: the scan keeps it for the backward
+            h = h.astype(self.cfg.dtype)  # carried as `remat.stored(h, cpu)`: the scan keeps it for the backward
             params, i = xs
             layer = nnx.merge(graphdef, params)
             layer_cache = None if ck is None else (ck, cv, i) + tuple(stack_cache[2:])
             h, kv, stats = layer(h, rope, segment_ids, layer_cache, self.mesh)
             h = constrain_batch(h, self.mesh)
             ck, cv = (None, None) if kv is None else kv
-            return (remat.stored(h), ck, cv), (stats, h if keep_hidden else None)
+            return (remat.stored(h, cpu), ck, cv), (stats, h if keep_hidden else None)
 
         if stack_cache is None:
             body = remat.remat(body, self.cfg.remat)
-        carry = (remat.stored(x), None, None) if stack_cache is None else (remat.stored(x),) + stack_cache[:2]
+        carry = (remat.stored(x, cpu), None, None) if stack_cache is None else (remat.stored(x, cpu),) + stack_cache[:2]
         (x, ck, cv), (stats, hs) = jax.lax.scan(body, carry, (state, jnp.arange(n)))
         return x.astype(self.cfg.dtype), (None if ck is None else (ck, cv)), stats, hs
 

@@ -25,14 +25,15 @@ from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak, return_freed_memory
 from ssd_jax.models import hf
-from ssd_jax.sharding import AXES, BATCH_AXES, make_mesh
+from ssd_jax.sharding import AXES, BATCH_AXES, make_mesh, on_cpu
 from ssd_jax.train import optim
 from ssd_jax.train.checkpoint import TrainCheckpointer
 from ssd_jax.train.flops import device_peak_flops, flops_per_token
 from ssd_jax.train.step import make_train_step
 
-def validate(cfg: TrainConfig, n_devices: int) -> int:
-    """Check the combinations a YAML schema cannot; return the accumulation count."""
+def validate(cfg: TrainConfig, n_devices: int, platform: str) -> int:
+    """Check the combinations a YAML schema cannot, for a program over `n_devices` of `platform` (the devices it
+    is compiled for, `sharding.platform`); return the accumulation count."""
     micro = cfg.micro_batch or cfg.global_batch
     if cfg.global_batch < 1 or micro < 1 or cfg.global_batch % micro:
         raise ConfigError(f"global_batch={cfg.global_batch} must be a positive multiple of micro_batch={micro}")
@@ -45,7 +46,7 @@ def validate(cfg: TrainConfig, n_devices: int) -> int:
         raise ConfigError("model.path: required (an HF directory or bundled:smollm2-135m)")
     if not cfg.data.train_file:
         raise ConfigError("data.train_file: required (SFT JSONL of {\"messages\": [...]})")
-    if cfg.model.dtype == "bfloat16" and cfg.model.scan_layers is False and jax.default_backend() == "cpu":
+    if cfg.model.dtype == "bfloat16" and cfg.model.scan_layers is False and platform == "cpu":
         # Unscanned, XLA folds the layers' saved transposes back into their bf16 products, and XLA:CPU's dot
         # runtime rejects what is left (`DotThunk: BF16 x BF16 = F32`) at the first step.
         raise ConfigError("model.scan_layers=false with model.dtype=bfloat16 does not train on XLA:CPU (its dot "
@@ -96,15 +97,15 @@ def _global_array(host: np.ndarray, sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
 
-def _async_checkpointing(cfg: TrainConfig) -> bool:
+def _async_checkpointing(cfg: TrainConfig, mesh) -> bool:
     """See TrainConfig.async_checkpointing."""
     if cfg.async_checkpointing is not None:
         return cfg.async_checkpointing
-    return jax.default_backend() != "cpu"
+    return not on_cpu(mesh)
 
 
 def train(cfg: TrainConfig) -> dict:
-    accum = validate(cfg, jax.device_count())
+    accum = validate(cfg, jax.device_count(), jax.devices()[0].platform)
     micro = cfg.global_batch // accum
     model_dir = bundled.resolve_model(cfg.model.path)
     hf.read_hf_config(model_dir)  # fail on a bad model before any work
@@ -128,7 +129,7 @@ def train(cfg: TrainConfig) -> dict:
     optimizer = optim.create(model, cfg.optim, mesh)
 
     ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
-                             async_save=_async_checkpointing(cfg))
+                             async_save=_async_checkpointing(cfg, mesh))
     data_it = iter(sft.batches_dataset(examples, cfg.data, cfg.global_batch))
     start = ckpt.latest_step() or 0
     if start:

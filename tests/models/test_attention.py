@@ -338,7 +338,7 @@ def test_cudnn_lowers_to_fused_attention_for_cuda(monkeypatch):
     q = jax.ShapeDtypeStruct((2, 256, 8, 64), jnp.bfloat16)
     kv = jax.ShapeDtypeStruct((2, 256, 2, 64), jnp.bfloat16)
     seg = jax.ShapeDtypeStruct((2, 256), jnp.int32)
-    fwd = lambda q, k, v, s: A.cudnn_attention(q, k, v, s, max_segments=8, check_platform=False)  # noqa: E731
+    fwd = lambda q, k, v, s: A.cudnn_attention(q, k, v, s, max_segments=8)  # noqa: E731
     grad = jax.grad(lambda q, k, v, s: fwd(q, k, v, s).astype(jnp.float32).sum(), argnums=(0, 1, 2))
     assert _custom_calls(fwd, q, kv, kv, seg) == ["__cudnn$fmhaSoftmax"]
     assert sorted(set(_custom_calls(grad, q, kv, kv, seg))) == ["__cudnn$fmhaSoftmax", "__cudnn$fmhaSoftmaxBackward"]
@@ -350,7 +350,7 @@ def test_cudnn_rejects_what_it_cannot_do():
     with pytest.raises(ValueError, match="CUDA"):
         A.attend(q, k, v, seg, seg, 0, impl="cudnn")
     with pytest.raises(ValueError, match="bf16"):
-        A.cudnn_attention(q, k, v, seg, check_platform=False)
+        A.cudnn_attention(q, k, v, seg)
 
 
 # ---------------------------------------------------------------------------------------------------- dispatch

@@ -200,18 +200,6 @@ def test_ragged_all_to_all_standin_follows_the_documented_contract():
     np.testing.assert_array_equal(compile_(fn, *args)(*args), [1, 3, 0, 0, 2, 2, 4, 0])
 
 
-def test_native_ragged_all_to_all_traces_and_lowers(monkeypatch):
-    """The GPU/TPU path (the real ragged_all_to_all) cannot compile on XLA:CPU, but it must type-check under
-    check_vma, differentiate and lower: 2 forward + 2 transposed ragged all-to-alls over the expert groups."""
-    monkeypatch.setattr(moe, "_platform", lambda mesh: "gpu")
-    mesh = make_mesh(MeshConfig(fsdp=2, expert=4))
-    args = make_inputs(e=8)
-    fn = loss_and_grads(moe.moe_sharded, 8, top_k=2, norm_topk_prob=True, mesh=mesh, dispatch="auto")
-    calls = [ln for ln in jax.jit(fn).lower(*args).as_text().splitlines() if "@ragged_all_to_all(" in ln]
-    assert len(calls) == 4
-    assert all("replica_groups = dense<[[0, 1, 2, 3], [4, 5, 6, 7]]>" in ln for ln in calls), calls[0]
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # capacity
 

@@ -155,10 +155,36 @@ def test_bf16_matmuls_take_bf16_operands_and_accumulate_in_fp32(tiny_dir, name):
             assert ins == [want, want] and eqn.params["preferred_element_type"] == jnp.float32, str(eqn)[:300]
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_projection_forms_agree(dtype):
+    """`layers.project` for XLA:CPU (custom VJP over transposed residuals) and for a GPU/TPU program (plain dots,
+    autodiff): the same products and gradients, three kernels sharing one input as the attention's q/k/v do."""
+    import jax
+
+    from ssd_jax.models import layers
+
+    r = np.random.default_rng(1)
+    dt = jnp.dtype(dtype)
+    x = jnp.asarray(r.standard_normal((3, 40, 64)), dt)
+    ws = tuple(jnp.asarray(0.1 * r.standard_normal((64, h, 16)), dt) for h in (6, 2, 2))
+
+    def run(cpu):
+        def loss(x, ws):
+            ys = layers.project(x, ws, dt, cpu=cpu)
+            return sum(jnp.sum(y.astype(jnp.float32) * jnp.sin(y.astype(jnp.float32))) for y in ys)
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(x, ws)
+
+    tol = 1e-6 if dtype == "float32" else 1e-2
+    for a, b in zip(jax.tree.leaves(run(True)), jax.tree.leaves(run(False)), strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.max(np.abs(a - b)) <= tol * max(1.0, np.max(np.abs(b)))
+
+
+@pytest.mark.parametrize("cpu", [True, False])
 @pytest.mark.parametrize("dtype,bias", [("float32", True), ("float32", False), ("bfloat16", True)])
-def test_swiglu_custom_vjp_equals_autodiff(dtype, bias):
-    """The MLP's hand-written backward (layers.swiglu) gives autodiff's gradients for x, the three kernels and the
-    biases."""
+def test_swiglu_forms_equal_autodiff_of_the_reference(dtype, bias, cpu):
+    """Both forms of the MLP (layers.swiglu): XLA:CPU's hand-written backward and the plain dots a GPU program takes
+    give the reference's values and autodiff's gradients for x, the three kernels and the biases."""
     import jax
 
     from ssd_jax.models import layers
@@ -181,7 +207,7 @@ def test_swiglu_custom_vjp_equals_autodiff(dtype, bias):
         loss = lambda *a: jnp.sum(fn(*a).astype(jnp.float32) * jnp.cos(a[0].astype(jnp.float32)))
         return jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4)))
 
-    got, want = grads(layers.swiglu)(x, *ws, bs), grads(ref)(x, *ws, bs)
+    got, want = grads(functools.partial(layers.swiglu, cpu=cpu))(x, *ws, bs), grads(ref)(x, *ws, bs)
     tol = 1e-5 if dtype == "float32" else 2e-2
     for g_, w_ in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         g_, w_ = np.asarray(g_, np.float32), np.asarray(w_, np.float32)
