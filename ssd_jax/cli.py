@@ -176,7 +176,7 @@ def cmd_plan(args) -> int:
 
     cfg = plan.load_plan_config(args.config, args.set or [])
     report = plan.plan(cfg, devices=args.devices, device_kind=args.device_kind, hf_config=args.hf_config,
-                       hbm_gb=args.hbm_gb)
+                       hbm_gb=args.hbm_gb, simulate_cpu=args.simulate_cpu)
     print(plan.format_report(report))
     if args.out:
         plan.write_report(report, args.out)
@@ -323,12 +323,17 @@ def _add_pipeline_commands(sub) -> None:
     _config_args(r, "RunConfig, e.g. configs/smollm2-135m-humaneval.yaml", required=True)
     r.set_defaults(fn=cmd_run)
 
-    pl = sub.add_parser("plan", help="fit a config on a mesh before renting it: compile the real train step for N "
-                                     "simulated devices; per-device memory, FLOPs, collectives, step time, verdict")
+    pl = sub.add_parser("plan", help="fit a config on a mesh before renting it: compile the real train step with "
+                                     "XLA's GPU compiler for N described GPUs (no GPU needed); per-device memory, "
+                                     "FLOPs, collectives, kernels, step time, verdict")
     _config_args(pl, "RunConfig (configs/<model>.yaml) or TrainConfig", required=True)
-    pl.add_argument("--devices", type=int, default=8, help="devices in the mesh (simulated on CPU; default 8)")
+    pl.add_argument("--devices", type=int, default=8, help="devices in the mesh (default 8)")
     pl.add_argument("--device-kind", default="b200", choices=["b200", "h200", "h100", "tpu-v5p"],
-                    help="HBM, peak FLOP/s and link bandwidth to judge against (default b200)")
+                    help="the GPU to compile for (its XLA target description) and to judge HBM, peak FLOP/s and link "
+                         "bandwidth against (default b200; tpu-v5p is planned on simulated CPU devices only)")
+    pl.add_argument("--simulate-cpu", action="store_true",
+                    help="compile for N simulated CPU devices instead (an estimate: XLA:CPU computes and moves bf16 as "
+                         "fp32 and takes CPU kernels); needs no CUDA plugin")
     pl.add_argument("--hbm-gb", type=float, help="judge the fit against this much device memory (GB) instead")
     pl.add_argument("--hf-config", help="directory with the model's config.json (default: model.path, else the copy "
                                         "under configs/hf/)")
@@ -370,9 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "plan":
-            from ssd_jax.plan import use_simulated_devices
+            from ssd_jax.plan import DEVICE_KINDS, use_simulated_devices
 
-            use_simulated_devices(args.devices)  # before anything starts a JAX backend
+            if args.simulate_cpu or not DEVICE_KINDS[args.device_kind].gpu_target:
+                use_simulated_devices(args.devices)  # before anything starts a JAX backend
         elif args.command not in ("bundle", "run"):  # `run` joins only when its stages run in its own process
             from ssd_jax import distributed
 

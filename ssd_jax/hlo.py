@@ -1,4 +1,5 @@
-"""What one device of a compiled XLA program does, read from its HLO text: matmul FLOPs and collective traffic.
+"""What one device of a compiled XLA program does, read from its HLO text: matmul FLOPs, collective traffic and
+the kernels it calls.
 
 Why our own count: XLA's `cost_analysis()` counts a while loop's body once, so the train step of a model whose
 48 layers run under `lax.scan` (and whose micro-batches and loss chunks are scans too) would read as a fraction of
@@ -6,6 +7,12 @@ its work. Here every instruction is weighted by how many times it runs: the prod
 the loops around it (XLA records them on each `while` as `known_trip_count`). A loop whose length depends on data (the blockwise
 attention's walk over the live KV tiles of a query tile, the MoE's loop over the row tiles that hold tokens) runs
 as many times as the caller estimates: `loop_trips` maps a name scope in the loop's op_name to its trip count.
+
+The GPU compiler's forms are read too: dots inside Triton GEMM fusions (counted through the fusion's call like
+any other), cuBLAS GEMM custom calls (`__cublas$gemm`, `__cublas$lt$matmul`: their dot dimensions are in the
+backend config), async collectives (a `-start`/`-done` pair, often several tensors combined in one: counted once,
+from the done's results and the start's operands), and kernels whose work the HLO does not show, estimated from
+their operands: cuDNN fused attention and the Pallas-Triton flash attention (`KERNEL_MATMULS`).
 """
 
 from __future__ import annotations
@@ -26,6 +33,15 @@ _ARRAY = re.compile(r"([a-z]\w*)\[([\d,]*)\]")
 _CALLS = re.compile(r"\b(calls|body|condition|to_apply|true_computation|false_computation)=%?([\w.\-]+)")
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP = re.compile(r'"known_trip_count"\s*:\s*\{\s*"n"\s*:\s*"(\d+)"')
+_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_TRITON_NAME = re.compile(r'\bname = "([^"]+)"')
+_FUSION_KIND = re.compile(r'"kind":"(__[a-z_]+)"')
+GEMM_CALLS = ("__cublas$gemm", "__cublas$lt$matmul")
+TRITON_CALL = "__gpu$xla.gpu.triton"
+# Kernels that hide their matmuls: the (B, T, H, hd)-sized products each runs, causal (half the score matrix, as
+# ssd-jax calls them): the forward computes S = QKᵀ and PV; the backward recomputes S and computes dP, dV, dQ, dK.
+KERNEL_MATMULS = {"__cudnn$fmhaSoftmax": 2, "__cudnn$fmhaSoftmaxBackward": 5, "triton:mha_forward": 2,
+                  "triton:mha_backward": 5}
 
 
 @dataclass
@@ -52,6 +68,9 @@ class ProgramStats:
     flops: float = 0.0  # dot FLOPs per device per call (2·M·N·K), every loop iteration counted
     unknown_loops: dict[str, int] = field(default_factory=dict)  # loops of data-dependent length, by scope
     collectives: dict[str, CollectiveTotals] = field(default_factory=dict)
+    kernels: dict[str, float] = field(default_factory=dict)  # custom calls by `kernel_name`: executions per call
+    kernel_flops: float = 0.0  # the part of `flops` estimated for kernels that hide their matmuls
+    fusions: dict[str, float] = field(default_factory=dict)  # GPU fusion kinds (Triton GEMM, ...): executions
 
     @property
     def traffic_bytes(self) -> float:
@@ -163,21 +182,47 @@ def _group_size(attrs: str, n_devices: int) -> int:
     return n_devices
 
 
-def _dot_flops(ins: Instruction, symbols: dict[str, Instruction]) -> float:
+def dot_flops(ins: Instruction, symbols: dict[str, Instruction]) -> float:
+    """2·|out|·K of a dot, or of a cuBLAS GEMM custom call (its contracting dims are in the backend config)."""
     lhs = symbols.get(ins.operands[0]) if ins.operands else None
-    m = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", ins.attrs)
+    m = re.search(r'lhs_contracting_dim(?:s=\{|ensions":\[)([\d,"]*)[}\]]', ins.attrs)
     if lhs is None or not lhs.shapes or not ins.shapes:
         return 0.0
     dims = lhs.shapes[0][1]
-    k = math.prod(dims[int(i)] for i in m.group(1).split(",") if i) if m else 1
+    k = math.prod(dims[int(i)] for i in m.group(1).replace('"', "").split(",") if i) if m else 1
     return 2.0 * math.prod(ins.shapes[0][1]) * k
 
 
+def kernel_name(ins: Instruction) -> str | None:
+    """The name a custom call is listed under: its target, or `triton:<kernel>` for a Pallas/Triton kernel."""
+    target = _TARGET.search(ins.attrs)
+    if target is None:
+        return None
+    if target.group(1) == TRITON_CALL:
+        name = _TRITON_NAME.search(ins.attrs)
+        return f"triton:{name.group(1) if name else 'unnamed'}"
+    return target.group(1)
+
+
+def _kernel_flops(name: str, ins: Instruction, symbols: dict[str, Instruction]) -> float:
+    """Estimated FLOPs of an attention kernel from its query operand (B, T, H, hd) (`KERNEL_MATMULS`)."""
+    q = symbols.get(ins.operands[0]) if ins.operands else None
+    if name not in KERNEL_MATMULS or q is None or not q.shapes or len(q.shapes[0][1]) != 4:
+        return 0.0
+    b, t, h, hd = q.shapes[0][1]
+    return KERNEL_MATMULS[name] * 2.0 * b * h * t * t * hd / 2
+
+
 def _collective(ins: Instruction, symbols: dict[str, Instruction], n_devices: int) -> tuple[str, float, float]:
-    kind = ins.op.removesuffix("-start")
+    """(kind, payload, traffic) of a synchronous collective or of the `-done` of an async one (results: the done's
+    shapes; inputs: its start's operands)."""
+    kind = ins.op.removesuffix("-done")
     n = _group_size(ins.attrs, n_devices)
-    out = max((_bytes(s) for s in ins.shapes), default=0.0) if ins.op.endswith("-start") else ins.nbytes()
-    inp = sum(symbols[o].nbytes() for o in ins.operands if o in symbols)
+    out = ins.nbytes()
+    source = symbols.get(ins.operands[0]) if ins.op.endswith("-done") and ins.operands else ins
+    if ins.op.endswith("-done") and source is not None:
+        n = _group_size(source.attrs, n_devices)
+    inp = sum(symbols[o].nbytes() for o in (source.operands if source else []) if o in symbols)
     frac = (n - 1) / n if n > 1 else 0.0
     if kind == "all-gather":
         return kind, out, out * frac
@@ -185,13 +230,16 @@ def _collective(ins: Instruction, symbols: dict[str, Instruction], n_devices: in
         return kind, inp, inp * frac
     if kind == "all-reduce":
         return kind, out, 2 * out * frac
-    if kind in ("all-to-all", "ragged-all-to-all"):
+    if kind == "ragged-all-to-all":  # the routed rows move: at most the smaller of the send and receive buffers
+        first = symbols.get(source.operands[0]) if source is not None and source.operands else None
+        return kind, out, min(out, first.nbytes() if first else out) * frac
+    if kind == "all-to-all":
         return kind, out, out * frac
     return kind, out, out  # collective-permute: every byte leaves the device
 
 
 def program_stats(text: str, n_devices: int, loop_trips: dict[str, float] | None = None) -> ProgramStats:
-    """Dot FLOPs and collective traffic per device per call of a compiled (SPMD-partitioned) HLO module."""
+    """Dot FLOPs, collective traffic and kernels per device per call of a compiled (SPMD-partitioned) HLO module."""
     loop_trips = loop_trips or {}
     comps, order, entry = parse_module(text)
     mult = multiplicities(comps, order, entry, loop_trips)
@@ -206,8 +254,19 @@ def program_stats(text: str, n_devices: int, loop_trips: dict[str, float] | None
                 scope = _scope(ins, loop_trips) or "unnamed"
                 stats.unknown_loops[scope] = stats.unknown_loops.get(scope, 0) + 1
             if ins.op == "dot":
-                stats.flops += times * _dot_flops(ins, symbols)
-            elif ins.op.removesuffix("-start") in COLLECTIVES:
+                stats.flops += times * dot_flops(ins, symbols)
+            elif ins.op == "custom-call":
+                kernel = kernel_name(ins)
+                stats.kernels[kernel] = stats.kernels.get(kernel, 0.0) + times
+                if kernel in GEMM_CALLS:
+                    stats.flops += times * dot_flops(ins, symbols)
+                else:
+                    flops = times * _kernel_flops(kernel, ins, symbols)
+                    stats.flops += flops
+                    stats.kernel_flops += flops
+            elif ins.op == "fusion" and (kind := _FUSION_KIND.search(ins.attrs)):
+                stats.fusions[kind.group(1)] = stats.fusions.get(kind.group(1), 0.0) + times
+            elif ins.op.removesuffix("-done") in COLLECTIVES and not ins.op.endswith("-start"):
                 kind, payload, traffic = _collective(ins, symbols, n_devices)
                 c = stats.collectives.setdefault(kind, CollectiveTotals())
                 c.count += times

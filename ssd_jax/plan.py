@@ -1,21 +1,23 @@
 """`ssd-jax plan`: will this run fit its mesh, and how fast could it go, before anyone rents the GPUs.
 
 The model is built from `config.json` alone (abstract arrays, no weights). The real train step (micro-batch scan,
-forward, backward, AdamW) at the config's real shapes is lowered and compiled for a mesh of N simulated CPU devices,
-with the config's mesh axes, dtypes, remat, attention and MoE options. Per device it reports what XLA says the
+forward, backward, AdamW) at the config's real shapes is lowered and compiled, with the config's mesh axes,
+dtypes, remat, attention and MoE options, by XLA's GPU compiler for N GPUs of the named kind (deviceless: the CUDA
+plugin compiles for a target description, ssd_jax/gpu_targets; no GPU is needed). Every kernel and lowering choice
+follows those devices, so the program is the one a GPU run would execute. Per device it reports what XLA says the
 program needs (`compiled.memory_analysis()`), the FLOPs and the collective traffic read from the compiled HLO
-(every loop iteration counted: ssd_jax/hlo.py), the step time and MFU these imply at the device's peak, and a
-fit verdict against its HBM. The sampling stage is planned by arithmetic (weights + KV cache).
+(every loop iteration counted: ssd_jax/hlo.py), the kernels it calls, the step time and MFU these imply at the
+device's peak, and a fit verdict against its HBM. The sampling stage is planned by arithmetic (weights + KV cache).
 
-What a CPU compile cannot know, stated with the numbers: XLA:CPU computes bf16 in fp32, so bf16 activations and
-collective payloads appear as fp32 copies (temp bytes and collective traffic are upper estimates, up to 2×, for
-bf16 compute on GPU/TPU); the MoE grouped GEMM is the tiled loop and the expert-parallel exchange the padded
-all_to_all (a GPU run uses a grouped-GEMM kernel and ragged_all_to_all into buffers of the same size, moving only
-the routed rows); attention is the blockwise kernel (the fused GPU kernel keeps O(T) memory as well); with
-`remat: save_dots` and bf16 compute, the transposed copies of projection inputs and weights that only the CPU
-backward reads (`layers.transposed_for_backward`) are counted; and on CPU every residual the layer scan keeps for
-a bf16 model is stored fp32 (`models/remat.py`): with `remat: full` (the paper configs) that is only each layer's
-input, at twice its bf16 size.
+What a deviceless GPU compile cannot know: XLA does not autotune without a device, so GEMM tilings are its
+heuristic defaults (the memory plan does not depend on them); loops whose length depends on the data (blockwise
+attention over live tiles, the MoE's tiled grouped GEMM) are counted at estimated trip counts; the attention
+kernels' FLOPs are estimated from their operands (hlo.KERNEL_MATMULS).
+
+`--simulate-cpu` compiles for N simulated CPU devices instead: an estimate that needs no CUDA plugin. XLA:CPU
+computes bf16 in fp32 (temp bytes and collective payloads up to 2× a GPU's), takes the CPU forms of every choice
+(einsum/blockwise attention, the padded expert exchange, fp32 storage of bf16 residuals: models/remat.py) and
+writes reduce-scatters as all-reduces.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ssd_jax import gpu_targets
 from ssd_jax.config import RunConfig, TrainConfig, from_dict, load_yaml
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.train.flops import PEAK_FLOPS
@@ -43,14 +46,16 @@ class DeviceKind:
     hbm_bytes: float
     peak_flops: float  # dense bf16 FLOP/s
     link_bytes_per_s: float  # one direction, per device (NVLink / ICI)
+    gpu_target: str | None = None  # the gpu_targets description XLA's GPU compiler compiles for (None: CPU only)
 
 
-# Public spec sheets: B200 as in DGX B200 (1,440 GB over 8 GPUs; NVLink 5 1.8 TB/s both directions), H200 and H100
-# SXM (NVLink 4 900 GB/s both directions), TPU v5p (95 GB HBM, 4,800 Gbps ICI per chip).
+# GPU memory as XLA's target descriptions give it (ssd_jax/gpu_targets); peak FLOP/s and links from public spec
+# sheets: B200 as in DGX B200 (NVLink 5 1.8 TB/s both directions), H200 and H100 SXM (NVLink 4 900 GB/s both
+# directions), TPU v5p (95 GB HBM, 4,800 Gbps ICI per chip).
 DEVICE_KINDS = {
-    "b200": DeviceKind("NVIDIA B200", 180 * GB, PEAK_FLOPS["B200"], 900 * GB),
-    "h200": DeviceKind("NVIDIA H200", 141 * GB, PEAK_FLOPS["H200"], 450 * GB),
-    "h100": DeviceKind("NVIDIA H100 80GB", 80 * GB, PEAK_FLOPS["H100"], 450 * GB),
+    "b200": DeviceKind("NVIDIA B200", gpu_targets.device_memory("b200"), PEAK_FLOPS["B200"], 900 * GB, "b200"),
+    "h200": DeviceKind("NVIDIA H200", gpu_targets.device_memory("h200"), PEAK_FLOPS["H200"], 450 * GB, "h200"),
+    "h100": DeviceKind("NVIDIA H100 80GB", gpu_targets.device_memory("h100"), PEAK_FLOPS["H100"], 450 * GB, "h100"),
     "tpu-v5p": DeviceKind("TPU v5p", 95 * GB, PEAK_FLOPS["TPU v5p"], 600 * GB),
 }
 # Share of HBM a JAX program may plan on: the rest is the runtime, cuBLAS/cuDNN workspaces and fragmentation
@@ -143,31 +148,67 @@ def _loop_trips(mcfg, mesh, micro: int, seq: int) -> dict[str, float]:
     return trips
 
 
-def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind) -> dict[str, Any]:
+def target_devices(kind: DeviceKind, n: int, simulate_cpu: bool) -> list:
+    """The devices a plan compiles for: `n` of the kind's GPU description (XLA's GPU compiler, deviceless), or `n`
+    simulated CPU devices (`simulate_cpu`, or a kind without a GPU description)."""
+    if kind.gpu_target and not simulate_cpu:
+        return list(gpu_targets.devices(kind.gpu_target, n))
+    import jax
+
+    use_simulated_devices(n)
+    return jax.devices("cpu")[:n]
+
+
+def compiled_for(devices: list, n: int) -> dict[str, Any]:
+    """What a plan's figures rest on: XLA's GPU compiler for a described GPU, or XLA:CPU on simulated devices."""
+    d = devices[0]
+    if d.platform == "cpu":
+        return {"compiler": "XLA:CPU", "devices": f"{n} simulated CPU devices", "evidence": "simulated on CPU devices "
+                "(an estimate: bf16 computed and moved as fp32, CPU kernels and collectives)"}
+    return {"compiler": "XLA:GPU (deviceless)", "devices": f"{n} × {d.device_kind}",
+            "evidence": f"compiled for a GPU target ({d.device_kind} description, ssd_jax/gpu_targets)"}
+
+
+@dataclass
+class CompiledStep:
+    """The real train step, lowered and compiled over a mesh of the devices it is planned for."""
+
+    compiled: Any  # jax.stages.Compiled: .as_text() is the program after every pass, .memory_analysis() its bytes
+    mesh: Any
+    model_cfg: Any  # models.config.ModelConfig
+    accum: int
+    micro: int
+    seq: int
+    params: Any  # abstract parameter and optimizer states, with their shardings
+    opt_state: Any
+    batch: dict
+    compile_s: float
+
+
+def compile_train_step(cfg: TrainConfig, model_dir: Path, devices: list) -> CompiledStep:
+    """Lower and compile `cfg`'s train step (micro-batch scan, forward, backward, AdamW) at its real shapes for a
+    mesh over `devices`, from config.json alone (abstract arrays, no weights)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec as P
 
-    from ssd_jax import hlo
     from ssd_jax.models import hf
     from ssd_jax.sharding import BATCH_AXES, make_mesh, path_str
     from ssd_jax.train import optim
-    from ssd_jax.train.flops import flops_per_token
     from ssd_jax.train.loop import validate
     from ssd_jax.train.step import make_train_step
 
     checked = replace(cfg, model=replace(cfg.model, path=str(model_dir)), data=replace(cfg.data, train_file="-"))
-    accum = validate(checked, devices)
+    accum = validate(checked, len(devices), devices[0].platform)
     micro, seq = cfg.global_batch // accum, cfg.data.seq_len
-    mesh = make_mesh(cfg.mesh, devices=jax.devices("cpu")[:devices])
+    mesh = make_mesh(cfg.mesh, devices=devices)
 
     def build():
         model = hf.load_model(checked.model, mesh, "train", weights=False)
         return model, optim.create(model, cfg.optim, mesh)
 
     model, opt = nnx.eval_shape(build)
-    mcfg = model.cfg
     params = {path_str(p) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     model, opt = _placed(model, mesh, params), _placed(opt, mesh, params)
     rows = NamedSharding(mesh, P(None, BATCH_AXES, None))
@@ -175,12 +216,28 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
              for k in ("inputs", "targets", "weights", "segment_ids", "positions")}
     step = make_train_step(cfg.chunk_tokens, mesh, cfg.moe_aux_loss_coef)
     t0 = time.perf_counter()
-    compiled = step.lower(model, opt, batch).compile()
-    compile_s = time.perf_counter() - t0
-    mem = compiled.memory_analysis()
-    stats = hlo.program_stats(compiled.as_text(), devices, loop_trips=_loop_trips(mcfg, mesh, micro, seq))
-    params, opt_state = nnx.state(model, nnx.Param), nnx.state(opt)
-    p_bytes, o_bytes, b_bytes = _shard_bytes(params), _shard_bytes(opt_state), _shard_bytes(batch)
+    compiled = step.lower(model, opt, batch).compile(compiler_options=gpu_targets.compiler_options(devices))
+    return CompiledStep(compiled, mesh, model.cfg, accum, micro, seq, nnx.state(model, nnx.Param), nnx.state(opt),
+                        batch, time.perf_counter() - t0)
+
+
+def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind,
+               simulate_cpu: bool = False) -> dict[str, Any]:
+    """Compile the real train step for `devices` devices of `kind` (see `target_devices`) and read what it needs
+    and does from the compiled program."""
+    import jax
+    import jax.numpy as jnp
+
+    from ssd_jax import hlo
+    from ssd_jax.train.flops import flops_per_token
+
+    target = target_devices(kind, devices, simulate_cpu)
+    c = compile_train_step(cfg, model_dir, target)
+    mcfg, mesh, micro, seq, accum, compile_s = c.model_cfg, c.mesh, c.micro, c.seq, c.accum, c.compile_s
+    mem = c.compiled.memory_analysis()
+    stats = hlo.program_stats(c.compiled.as_text(), devices, loop_trips=_loop_trips(mcfg, mesh, micro, seq))
+    params = c.params
+    p_bytes, o_bytes, b_bytes = _shard_bytes(params), _shard_bytes(c.opt_state), _shard_bytes(c.batch)
     peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
     tokens = cfg.global_batch * seq
     model_flops = flops_per_token(mcfg, seq) * tokens / devices
@@ -213,6 +270,9 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
         "collectives": {k: dataclasses.asdict(v) for k, v in sorted(stats.collectives.items())},
         "time": {"compute_s": compute_s, "collectives_s": comm_s, "step_s": step_s,
                  "mfu": model_flops / (step_s * kind.peak_flops) if step_s else None},
+        "kernels": {"custom_calls": dict(sorted(stats.kernels.items())), "fusions": dict(sorted(stats.fusions.items())),
+                    "estimated_kernel_flops": stats.kernel_flops},
+        "compiled_for": compiled_for(target, devices),
         "fits": peak <= USABLE_HBM_FRACTION * kind.hbm_bytes,
         "compile_s": compile_s,
     }
@@ -247,8 +307,10 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str
 
 
 def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config: str | None = None,
-         hbm_gb: float | None = None) -> dict:
-    """The whole report (JSON-ready); `hbm_gb` judges against that much memory instead of the kind's."""
+         hbm_gb: float | None = None, simulate_cpu: bool = False) -> dict:
+    """The whole report (JSON-ready): the train step compiled for `devices` of `device_kind` by XLA's GPU compiler
+    (or, `simulate_cpu`, for as many simulated CPU devices); `hbm_gb` judges against that much memory instead of
+    the kind's."""
     from ssd_jax.pipeline import round_configs
 
     if device_kind not in DEVICE_KINDS:
@@ -261,8 +323,9 @@ def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config:
     model_dir = hf_config_dir(cfg.model.path, hf_config)
     train_cfg = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path).train  # what the run's training is given
     report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
+              "device_kind": device_kind,
               "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
-              "train": plan_train(train_cfg, model_dir, devices, kind),
+              "train": plan_train(train_cfg, model_dir, devices, kind, simulate_cpu),
               "sampling": plan_sampling(cfg, model_dir, kind)}
     report["fits"] = report["train"]["fits"] and report["sampling"]["fits"]
     return report
@@ -278,12 +341,15 @@ def _gib(x: float) -> str:
 
 def format_report(r: dict) -> str:
     t, s, k = r["train"], r["sampling"], r["device"]
-    m = t["memory_per_device"]
+    m, c = t["memory_per_device"], t["compiled_for"]
     hbm = k["hbm_bytes"]
+    gpu = c["compiler"] != "XLA:CPU"
     lines = [
         f"plan: {r['config']} — {r['model_path']} ({t['model']['architecture']}, {t['model']['params']:,} params)",
-        f"mesh {t['mesh']} on {r['devices']} × {k['name']} ({hbm / GB:.0f} GB HBM, {k['peak_flops'] / 1e12:.0f} "
-        f"TFLOP/s bf16, {k['link_bytes_per_s'] / GB:.0f} GB/s link); compiled in {t['compile_s']:.0f} s",
+        f"judged for {r['devices']} × {k['name']} ({hbm / GB:.0f} GB HBM, {k['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
+        f"{k['link_bytes_per_s'] / GB:.0f} GB/s link; --device-kind {r['device_kind']})",
+        f"compiled by {c['compiler']} for {c['devices']} in {t['compile_s']:.0f} s, mesh {t['mesh']}: "
+        f"{c['evidence']}",
         f"train step: global batch {t['shapes']['global_batch']} × {t['shapes']['seq_len']} tokens = "
         f"{t['shapes']['accumulation']} micro-steps of {t['shapes']['micro_batch']} rows; options {t['options']}",
         "",
@@ -299,10 +365,17 @@ def format_report(r: dict) -> str:
         f"FLOPs per device per step       {t['flops_per_device']:.3e} (compiled dots incl. remat recompute; loops "
         f"of data-dependent length {t['data_dependent_loops']} at {_trips(t['data_dependent_loop_trips'])} trips)",
         f"model FLOPs per device per step {t['model_flops_per_device']:.3e} (6·N_active + causal attention)",
-        "collectives per device per step (ring traffic; XLA:CPU moves bf16 tensors as fp32: up to 2× a GPU's):",
+        "collectives per device per step (ring traffic" + ("):" if gpu else
+                                                          "; XLA:CPU moves bf16 tensors as fp32: up to 2× a GPU's):"),
     ]
-    for kind_name, c in t["collectives"].items():
-        lines.append(f"  {kind_name:<20} {c['count']:>8.0f} ×   {_gib(c['traffic_bytes']):>14}")
+    for kind_name, col in t["collectives"].items():
+        lines.append(f"  {kind_name:<20} {col['count']:>8.0f} ×   {_gib(col['traffic_bytes']):>14}")
+    kernels = t["kernels"]
+    calls = ", ".join(f"{n} ×{v:.0f}" for n, v in kernels["custom_calls"].items()) or "none"
+    fusions = ", ".join(f"{n} ×{v:.0f}" for n, v in kernels["fusions"].items()) or "none"
+    lines += [f"kernels per step: custom calls {calls}; fusions {fusions}"
+              + (f" (attention kernels' FLOPs estimated from their operands: {kernels['estimated_kernel_flops']:.3e})"
+                 if kernels["estimated_kernel_flops"] else "")]
     tm = t["time"]
     lines += [
         f"implied step time {tm['step_s']:.2f} s = compute at peak {tm['compute_s']:.2f} s + collectives at link "

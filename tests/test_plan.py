@@ -61,6 +61,34 @@ def test_cli_plan_exits_1_when_it_does_not_fit(tiny_dir, cli, tmp_path):
     assert code == 2 and "micro_batch" in err
 
 
+@pytest.mark.parametrize("args,compiler", [(["--device-kind", "h100"], "XLA:GPU (deviceless)"),
+                                           (["--simulate-cpu"], "XLA:CPU"), (["--device-kind", "tpu-v5p"], "XLA:CPU")])
+def test_cli_plan_says_what_it_compiled_for(tiny_dir, cli, tmp_path, args, compiler):
+    """A GPU kind compiles with XLA's GPU compiler for its description; --simulate-cpu and kinds without a GPU
+    description compile for simulated CPU devices, and say it is an estimate."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({**TINY, "model": {"path": str(tiny_dir("qwen3_tied"))}}))
+    out = tmp_path / "plan.json"
+    code, err = cli(["plan", "--config", str(cfg), "--out", str(out), *args])
+    assert code == 0, err
+    report = json.loads(out.read_text())
+    assert report["train"]["compiled_for"]["compiler"] == compiler
+    printed = plan.format_report(report)
+    assert f"compiled by {compiler}" in printed
+    assert ("simulated on CPU devices" in printed) == (compiler == "XLA:CPU")
+    assert ("triton:mha_forward" in printed) == (compiler != "XLA:CPU")
+
+
+def test_cli_plan_for_a_gpu_without_the_plugin_says_what_to_install(tiny_dir, cli, tmp_path, monkeypatch):
+    from ssd_jax import gpu_targets
+
+    monkeypatch.setattr(gpu_targets, "plugin_installed", lambda: False)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({**TINY, "model": {"path": str(tiny_dir("qwen3_tied"))}}))
+    code, err = cli(["plan", "--config", str(cfg), "--device-kind", "b200"])
+    assert code == 2 and "ssd-jax[gpu-aot]" in err and "--simulate-cpu" in err
+
+
 def test_hf_config_comes_from_the_shipped_copy():
     assert plan.hf_config_dir("Qwen/Qwen3-30B-A3B-Instruct-2507") == plan.HF_CONFIGS / "Qwen3-30B-A3B-Instruct-2507"
     with pytest.raises(Exception, match="no config.json"):
