@@ -61,6 +61,25 @@ def op_name(ins) -> str:
 # ---------------------------------------------------------------------------------------------------- the rule
 
 
+def test_the_installed_plugin_makes_no_process_probe_cuda():
+    """No NVIDIA driver here: a bare `import jax` with the CUDA plugin installed calls cuInit and logs its failure;
+    a process that imports ssd_jax first stays on the CPU without probing, and the plugin still gives topologies."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}
+    probe = "import jax; print(jax.devices()[0].platform)"
+    bare = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
+    ours = subprocess.run([sys.executable, "-c", "import ssd_jax, os; from ssd_jax import gpu_targets; " + probe
+                           + "; print(os.environ['JAX_PLATFORMS'], len(gpu_targets.devices('b200', 8)))"],
+                          env=env, capture_output=True, text=True)
+    assert "cuInit" in bare.stderr
+    assert ours.returncode == 0 and ours.stdout.split() == ["cpu", "cpu", "8"] and "cuInit" not in ours.stderr
+
+
+
+
 def test_choices_follow_the_devices_compiled_for_not_the_default_backend(tiny_dir):
     """One config, one process (JAX's default backend is the CPU throughout): compiled for simulated CPU devices it
     takes the CPU forms (einsum attention, fp32 storage of the bf16 layer residuals, the padded expert exchange,
