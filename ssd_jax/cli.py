@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from ssd_jax import run_lock
 from ssd_jax.errors import ToleranceError, UserError
 
 
@@ -75,7 +76,8 @@ def cmd_train(args) -> int:
     from ssd_jax.train.loop import train
 
     cfg = load_config(TrainConfig, args.config, args.set or [])
-    summary = train(cfg)
+    with run_lock.hold(cfg.out_dir, "ssd-jax train"):
+        summary = train(cfg)
     final = summary["final"] or {}
     print(f"trained {summary['steps']} steps (resumed from {summary['resumed_from']}); "
           f"final loss {final.get('loss', float('nan')):.4f}; export: {summary['export']}")
@@ -95,7 +97,8 @@ def cmd_sample(args) -> int:
     from ssd_jax.sampling.stage import run_sample
 
     cfg = load_config(SampleConfig, args.config, args.set or [])
-    m = run_sample(cfg)
+    with run_lock.hold(Path(cfg.out).parent, "ssd-jax sample"):
+        m = run_sample(cfg)
     print(f"{m['samples']} samples in {m['out']} ({m['generated_this_run']} generated now); "
           f"finish reasons {m['finish_reasons']}")
     return 0
@@ -126,7 +129,8 @@ def cmd_eval(args) -> int:
     cfg = load_config(EvalConfig, args.config, args.set or [])
     if args.grade_only and not args.samples:
         raise UserError("--grade-only needs --samples FILE")
-    doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None)
+    with run_lock.hold(cfg.out_dir, "ssd-jax eval"):
+        doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None)
     problem_set = describe_problem_set(doc.get("problems") or {})
     if problem_set:
         print(problem_set)
@@ -152,9 +156,11 @@ def cmd_baselines(args) -> int:
 
 def cmd_run(args) -> int:
     from ssd_jax.config import RunConfig, load_config
-    from ssd_jax.pipeline import run_pipeline
+    from ssd_jax.pipeline import run_pipeline, run_root
 
-    res = run_pipeline(load_config(RunConfig, args.config, args.set or []))
+    cfg = load_config(RunConfig, args.config, args.set or [])
+    with run_lock.hold(run_root(cfg), "ssd-jax run"):
+        res = run_pipeline(cfg)
     base = res.get("base")
     if base:
         print("base  " + _pass_at_k_line(base))

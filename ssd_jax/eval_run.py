@@ -18,7 +18,7 @@ import os
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from ssd_jax import distributed
+from ssd_jax import distributed, faults
 from ssd_jax.code import extract
 from ssd_jax.config import EvalConfig, GenerationConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
@@ -74,10 +74,12 @@ def grade_samples(samples: list[dict], problems: dict[str, Problem], out_path: P
                 if len(pending) == 16 or i == len(futures) - 1:
                     log.append(pending)
                     pending = []
+                    faults.point("eval.graded")
                 if progress is not None:
                     progress.update(1)
         if progress is not None:
             progress.close()
+    log.reorder([sample_key(s) for s in samples])  # the samples' order, however the grading was interrupted
     return [done[sample_key(s)] for s in samples]
 
 

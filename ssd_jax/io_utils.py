@@ -14,11 +14,27 @@ from pathlib import Path
 from ssd_jax.errors import UserError
 
 
+def umask() -> int:
+    """The process umask, read without changing it (Linux: /proc/self/status) where possible."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to a temp sibling, fsync, rename over `path`: readers see the old file or the new one. The
+    file gets the mode an ordinary write would (0666 less the umask; mkstemp's own is 0600, owner-only)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -93,6 +109,17 @@ class JsonlLog:
             return
         atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
         self.records, self.done = kept, {self.key(r) for r in kept}
+
+    def reorder(self, keys: list[Hashable]) -> None:
+        """Rewrite the file whole (atomically) with its records in the order of `keys`, the ones `keys` lacks after
+        them as they were: a stage that appends in completion order leaves its finished output in one canonical
+        order, the same whether or not it was interrupted. No write when the order already holds."""
+        rank = {k: i for i, k in enumerate(keys)}
+        ordered = sorted(self.records, key=lambda r: rank.get(self.key(r), len(rank)))  # stable: unknowns keep order
+        if [self.key(r) for r in ordered] == [self.key(r) for r in self.records]:
+            return
+        atomic_write_text(self.path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in ordered))
+        self.records = ordered
 
     def append(self, records: list[dict]) -> None:
         if not records:

@@ -269,6 +269,11 @@ def check_run(cfg: RunConfig) -> None:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
 
 
+def run_root(cfg: RunConfig) -> Path:
+    """The run folder: `out_dir`, else runs/<name>."""
+    return Path(cfg.out_dir or f"runs/{cfg.name}")
+
+
 def run_pipeline(cfg: RunConfig) -> dict:
     check_run(cfg)
     stages = Stages(separate_processes(cfg))
@@ -277,7 +282,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
                           "stage_processes: never (vLLM stages then need their own run of `ssd-jax sample`/`eval`)")
     if not stages.separate:
         distributed.initialize()  # a multi-process job runs every stage here; with child stages, they join it
-    root = Path(cfg.out_dir or f"runs/{cfg.name}")
+    root = run_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     if distributed.is_writer():
         dump_yaml(cfg, root / "config.yaml")

@@ -1,6 +1,7 @@
 """JsonlLog: the resumable append-only file behind samples.jsonl and graded.jsonl."""
 
 import json
+import os
 
 import pytest
 
@@ -74,3 +75,29 @@ def test_jsonl_rewind_drops_later_records_for_good(tmp_path):
     log.rewind(lambda r: r["step"] <= 2)  # resumed from step 2's checkpoint
     log.append([{"step": 3}])  # step 3 again: no duplicate key
     assert [r["step"] for r in JsonlLog(path, key=lambda r: r["step"]).records] == [1, 2, 3]
+
+
+def test_reorder_rewrites_in_the_given_key_order_once(tmp_path):
+    """A stage appends in completion order and finishes in its canonical order; unknown keys keep their place
+    after the known ones; an ordered file is not rewritten."""
+    path = tmp_path / "log.jsonl"
+    log = JsonlLog(path, key=lambda r: r["k"])
+    log.append([{"k": 3}, {"k": 1}, {"k": 9}, {"k": 2}])
+    log.reorder([1, 2, 3])
+    assert [json.loads(x)["k"] for x in path.read_text().splitlines()] == [1, 2, 3, 9]
+    assert [r["k"] for r in JsonlLog(path, key=lambda r: r["k"]).records] == [1, 2, 3, 9]
+    mtime = path.stat().st_mtime_ns
+    log.reorder([1, 2, 3])
+    assert path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o077])
+def test_atomic_writes_take_the_umask_not_mkstemps_0600(tmp_path, mask):
+    from ssd_jax.io_utils import atomic_write_text
+
+    old = os.umask(mask)
+    try:
+        atomic_write_text(tmp_path / "a.json", "{}\n")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ssd_jax import faults
 from ssd_jax.config import AnalysisConfig, DecodeSpec, ModelSpec
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.sampling.truncation import FAST_K, truncated_logprobs
@@ -389,6 +390,7 @@ def analyze(base_dir: str, student_dir: str, samples: str, cfg: AnalysisConfig, 
             arr = _batch(items[i : i + cfg.batch_size], cfg.batch_size, LENGTH_MULTIPLE)
             h_b, h_s = jax.device_get(forward(base, student, put(arr["tokens"]), put(arr["segment_ids"])))
             blocks.add(np.asarray(h_b, np.float32), np.asarray(h_s, np.float32), arr, i)
+            faults.point("analysis.scored")
         sums = jax.device_get(blocks.finish())
     seconds = time.perf_counter() - t0
     result = _finalize(sums, settings)

@@ -22,6 +22,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+from ssd_jax import faults
 from ssd_jax.code import extract_code, syntax_ok
 from ssd_jax.config import FilterConfig
 from ssd_jax.data.problems import read_jsonl
@@ -135,6 +136,7 @@ def run_filter(samples_path: str | os.PathLike, out_path: str | os.PathLike, cfg
     verdicts, stats = filter_samples(samples, cfg)
     out = Path(out_path)
     atomic_write_text(out.parent / "verdicts.jsonl", _jsonl(verdicts))
+    faults.point("filter.verdicts")
     atomic_write_text(out, _jsonl(sft_records(verdicts, cfg.strip)))
     stats["samples"] = str(samples_path)
     atomic_write_text(out.parent / "filter_stats.json", json.dumps(stats, indent=2) + "\n")

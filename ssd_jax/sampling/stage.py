@@ -13,7 +13,7 @@ import os
 import zlib
 from pathlib import Path
 
-from ssd_jax import bundled, distributed
+from ssd_jax import bundled, distributed, faults, run_lock
 from ssd_jax.config import ProblemSource, SampleConfig
 from ssd_jax.data import problems as P
 from ssd_jax.data.filters import read_samples
@@ -160,7 +160,7 @@ def run_replicas(cfg: SampleConfig, pending: int) -> None:
     dump_yaml(cfg, config)
     procs = []
     for i in range(n):
-        env = dict(os.environ, **{REPLICA_ENV: f"{i}/{n}"})
+        env = dict(os.environ, **{REPLICA_ENV: f"{i}/{n}", run_lock.JOB_ENV: run_lock.job_token()})  # one job
         if gpus:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus[i * tp : (i + 1) * tp])
         procs.append(subprocess.Popen([sys.executable, "-m", "ssd_jax.cli", "sample", "--config", str(config)],
@@ -239,6 +239,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
                                         request_ids=[request_id(p.id, i) for p, i in chunk])
                 for finished in stream:
                     sink.append([record(chunk[j], rendered[j], c) for j, c in finished])
+                    faults.point("sample.appended")
                     if progress is not None:
                         progress.update(len(finished))
         finally:
@@ -248,7 +249,10 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         distributed.barrier(f"sample-generated:{cfg.out}")
         if merges:
             merge_parts(store, keys, n_proc)
+            store.reorder(keys)
         distributed.barrier(f"sample-merged:{cfg.out}")
+    elif merges:
+        store.reorder(keys)  # (problem, index) order, however the completions arrived and however often resumed
     out = sink.path if replica else Path(cfg.out)  # a replica reports its own part; its parent merges
     samples = read_samples(out)
     reasons: dict[str, int] = {}

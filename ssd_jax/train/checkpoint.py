@@ -3,18 +3,21 @@
 Parameters and optimizer state are saved as flat `{dotted.path: array}` dicts, so a checkpoint restores onto any
 mesh: the restore target carries the *current* shardings and orbax reshards. Saves are async (the device→host copy
 happens before `save` returns, so the next step may reuse the buffers); orbax finalises a step by an atomic rename,
-so a run killed mid-save resumes from the last complete checkpoint.
+so a run killed mid-save resumes from the last complete checkpoint, and a save that fails (no room) is one error
+naming the folder, the previous step still whole.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from ssd_jax import faults
 from ssd_jax.errors import CheckpointError
 from ssd_jax.sharding import path_str
 
@@ -32,6 +35,15 @@ def load_flat_into(state: nnx.State, arrays: dict[str, jax.Array], what: str) ->
         extra = sorted(set(arrays) - keys)[:3]
         raise CheckpointError(f"checkpoint {what} does not fit this model: missing {missing}, unexpected {extra}")
     return nnx.from_flat_state([(p, v.replace(arrays[path_str(p)])) for p, v in flat])
+
+
+def _os_error(e: Exception) -> str | None:
+    """The operating system's reason behind a failed write: an OSError's, or the errno tensorstore (orbax's
+    writer) puts in its ValueError's text (`[os_error_code='28']`); None for anything else."""
+    if isinstance(e, OSError):
+        return e.strerror or str(e)
+    m = re.search(r"os_error_code='(\d+)'", str(e))
+    return os.strerror(int(m.group(1))) if m else None
 
 
 def _abstract(arrays: dict[str, jax.Array]) -> dict[str, jax.ShapeDtypeStruct]:
@@ -56,7 +68,17 @@ class TrainCheckpointer:
             data=ocp.args.JsonSave(data_state),
             meta=ocp.args.JsonSave(meta),
         )
-        return self.manager.save(step, args=args, force=force)
+        try:
+            saved = self.manager.save(step, args=args, force=force)
+            if saved:
+                faults.point("checkpoint.saving")
+            return saved
+        except (OSError, ValueError) as e:  # out of space, over a file-size limit: the last finished step is whole
+            reason = _os_error(e)
+            if reason is None:
+                raise
+            raise CheckpointError(f"{self.dir}: saving step {step} failed ({reason}); step {self.latest_step()} "
+                                  f"is the last complete checkpoint and a rerun resumes from it") from None
 
     def restore(self, step: int, model, optimizer) -> tuple[dict, dict]:
         """Restore params and optimizer state in place (onto their current shardings); return (data, meta)."""

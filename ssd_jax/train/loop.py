@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ssd_jax import bundled, distributed
+from ssd_jax import bundled, distributed, faults
 from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
@@ -174,6 +174,7 @@ def train(cfg: TrainConfig) -> dict:
             last |= {k: float(m[k]) for k in ("moe_aux_loss", "moe_dropped") if k in m}
             if not math.isfinite(last["loss"]):
                 raise FloatingPointError(f"step {step + 1}: loss is {last['loss']}")
+            faults.point("train.step")
             if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.optim.total_steps:
                 log.write(last)
             if ckpt.save(step + 1, model, optimizer, data_it.get_state(), {"seed": cfg.seed, "step": step + 1},

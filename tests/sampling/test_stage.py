@@ -65,6 +65,9 @@ def test_kill_then_rerun_gives_one_sample_per_problem(setup):
     assert sorted((r["problem_id"], r["sample_idx"]) for r in recs) == [(f"p{i:02d}", 0) for i in range(N)]
     want = {r["problem_id"]: r["response"] for r in map(json.loads, lines(ref))}
     assert {r["problem_id"]: r["response"] for r in recs} == want
+    # Appended in completion order, but finished in (problem, index) order: the same file as never interrupted.
+    assert [(r["problem_id"], r["sample_idx"]) for r in recs] == [(f"p{i:02d}", 0) for i in range(N)]
+    assert out.read_bytes() == ref.read_bytes()
     # The kill interrupted real decoding: every prompt fits, and each sample ran to its token cap (the tiny
     # model never emits EOS within 48 tokens).
     assert {(r["finish_reason"], r["n_tokens"]) for r in recs} == {("length", 48)}
