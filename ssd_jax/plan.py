@@ -10,7 +10,7 @@ program needs (`compiled.memory_analysis()`), the FLOPs and the collective traff
 device's peak, and a fit verdict against its HBM. The sampling stage is planned by arithmetic (weights + KV cache).
 
 What a deviceless GPU compile cannot know: XLA does not autotune without a device, so GEMM tilings are its
-heuristic defaults (the memory plan does not depend on them); loops whose length depends on the data (blockwise
+heuristic defaults, not an autotuned run's; sorts use XLA's own kernel (gpu_targets.DEVICELESS_OPTIONS); loops whose length depends on the data (blockwise
 attention over live tiles, the MoE's tiled grouped GEMM) are counted at estimated trip counts; the attention
 kernels' FLOPs are estimated from their operands (hlo.KERNEL_MATMULS).
 
