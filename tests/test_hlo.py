@@ -66,3 +66,19 @@ def test_parse_instruction_shapes_and_operands():
     assert ins.shapes == [("f32", (2, 3)), ("bf16", (4,))] and ins.nbytes() == 2 * 3 * 4 + 4 * 2
     assert np.isclose(hlo.program_stats("ENTRY %m (p: f32[2]) -> f32[2] {\n  ROOT %p = f32[2]{0} parameter(0)\n}\n",
                                         1).flops, 0.0)
+
+
+def test_cublas_gemm_custom_call_counts_its_dot():
+    """XLA:GPU may run a GEMM as a cuBLAS custom call (its result a tuple with the workspace); its FLOPs come from
+    the dot dimensions in its backend config. (The compiles in tests/test_gpu_target.py chose Triton fusions.)"""
+    text = """HloModule m, entry_computation_layout={(f32[64,32]{1,0}, f32[32,16]{1,0})->f32[64,16]{1,0}}
+
+ENTRY %main (a: f32[64,32], b: f32[32,16]) -> f32[64,16] {
+  %a = f32[64,32]{1,0} parameter(0)
+  %b = f32[32,16]{1,0} parameter(1)
+  %gemm = (f32[64,16]{1,0}, s8[4194304]{0}) custom-call(%a, %b), custom_call_target="__cublas$gemm", backend_config={"gemm_backend_config":{"alpha_real":1,"dot_dimension_numbers":{"lhs_contracting_dimensions":["1"],"rhs_contracting_dimensions":["0"],"lhs_batch_dimensions":[],"rhs_batch_dimensions":[]}}}
+  ROOT %out = f32[64,16]{1,0} get-tuple-element(%gemm), index=0
+}
+"""
+    stats = hlo.program_stats(text, 1)
+    assert stats.flops == 2 * 64 * 16 * 32 and stats.kernels == {"__cublas$gemm": 1.0} and stats.kernel_flops == 0

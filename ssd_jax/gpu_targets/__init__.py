@@ -4,7 +4,7 @@ The CUDA PJRT plugin builds a device topology from a target description (a `GpuT
 files here, taken from XLA's own specs; each names its source) instead of opening devices. A program lowered over
 those devices and compiled is the program a GPU run of that kind would execute: its `memory_analysis()`, its HLO
 after every GPU pass, its kernels (cuBLAS, cuDNN and Triton calls) and collectives. Nothing executes; XLA cannot
-autotune without a device, so it compiles at `--xla_gpu_autotune_level=0`'s choices (its heuristic tilings).
+autotune without a device, so GEMMs get its heuristic tilings, and `DEVICELESS_OPTIONS` says what else differs.
 
 The plugin ships in the `gpu-aot` extra. Installed on a machine without an NVIDIA driver it would probe CUDA (and
 log a cuInit failure) in every process that starts JAX, so `default_to_cpu()` makes such a process CPU-only unless
