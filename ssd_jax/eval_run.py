@@ -151,6 +151,16 @@ def _grader_options(cfg: EvalConfig) -> dict:
     return {"tests": "all (public and private)"}
 
 
+def truncated(samples: list[dict]) -> dict | None:
+    """How many responses were cut at max_tokens (finish reason `length`): a model that loops more than the one it
+    is compared with loses more of its answers to the cap. None when the samples carry no finish reasons."""
+    known = [s["finish_reason"] for s in samples if "finish_reason" in s]
+    if not known:
+        return None
+    cut = sum(r == "length" for r in known)
+    return {"responses": len(known), "cut_at_max_tokens": cut, "share": cut / len(known)}
+
+
 def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], report: dict, samples_path: Path,
                       where: str) -> dict:
     samples = read_samples(samples_path)
@@ -171,7 +181,7 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
                                extraction=cfg.grader.resolved_extraction(),
                                grader_options=None if humaneval else _grader_options(cfg),
                                extra={"problems": report, "prompt": asdict(cfg.prompt), "backend": cfg.backend,
-                                      "samples": where, "memory": process_peak()})
+                                      "samples": where, "truncated": truncated(samples), "memory": process_peak()})
     try:
         M.plot_pass_at_k(m, out / "pass_at_k.png", title=f"{cfg.model.path} · {cfg.problems.kind}")
     except Exception as e:  # a missing plotting backend must not lose the numbers

@@ -72,13 +72,15 @@ def test_paper_run_config(name):
     assert _tkp(cfg.sample.decode) == train_tkp and cfg.sample.decode.n == 1
     assert _tkp(cfg.eval.decode) == eval_tkp and cfg.eval.decode.n == 10 and cfg.eval.ks == [1, 5]
     assert cfg.eval_base and _tkp(cfg.base_eval_decode) == base_tkp and cfg.base_eval_decode.n == 10
-    # Token limits: ml-ssd generates 65,536; evaluation 32,768 (its default) or 65,536 (thinking models).
+    # Token limits: ml-ssd generates 65,536 and its README's n=10 evaluation call reads 65,536, for every model.
     assert cfg.sample.decode.max_tokens == 65536
-    assert cfg.eval.decode.max_tokens == cfg.base_eval_decode.max_tokens == (65536 if thinking else 32768)
+    assert cfg.eval.decode.max_tokens == cfg.base_eval_decode.max_tokens == 65536
     # Data and protocol: rStar-Coder seed_sft in, LiveCodeBench v6 out; the paper's filter.
     assert cfg.sample.problems.kind == "rstar" and cfg.eval.problems.kind == "lcb"
     assert cfg.eval.problems.window == "v6" and cfg.filter.preset == "paper"
-    assert cfg.eval.grader.mode == "lcb_compat" and cfg.eval.grader.timeout_s == 6.0
+    assert cfg.eval.grader.mode == "mlssd" and cfg.eval.grader.resolved_extraction() == "mlssd"  # the paper's
+    assert cfg.eval.grader.timeout_s == 6.0
+    assert cfg.sample.problems.dedup == "statement"  # the paper's exact-statement de-duplication
     # vLLM on the GPUs, in processes of its own, every request at once; the round's model is its last checkpoint.
     assert cfg.sample.backend == cfg.eval.backend == "vllm" and cfg.stage_processes == "auto"
     assert cfg.sample.vllm.tensor_parallel_size == 1 and cfg.select.protocol == "final"

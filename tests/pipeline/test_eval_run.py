@@ -75,7 +75,8 @@ def test_lcb_grade_only_by_difficulty(tmp_path, lcb):
 
 
 def test_lcb_eval_prints_and_records_the_problem_set(tmp_path, lcb, capsys):
-    recs = [{"problem_id": pid, "sample_idx": 0, "response": RIGHT} for pid in ("lcb/e1", "lcb/h1")]
+    recs = [{"problem_id": pid, "sample_idx": 0, "response": RIGHT, "finish_reason": reason}
+            for pid, reason in (("lcb/e1", "stop"), ("lcb/h1", "length"))]
     samples = tmp_path / "s.jsonl"
     _write(samples, recs)
     out = tmp_path / "eval"
@@ -89,8 +90,10 @@ def test_lcb_eval_prints_and_records_the_problem_set(tmp_path, lcb, capsys):
     assert f"window v6 loaded 2 problems, WARNING: the paper's v6 has 131; release all files present; " \
            f"question-id sha256 {sha}" in printed.out
     assert "WARNING: " in printed.err  # the load itself warned on stderr, before any grading
-    rec = json.loads((out / "metrics.json").read_text())["problems"]
+    doc = json.loads((out / "metrics.json").read_text())
+    rec = doc["problems"]
     assert (rec["problems"], rec["expected_problems"], rec["question_ids_sha256"]) == (2, 131, sha)
+    assert doc["truncated"] == {"responses": 2, "cut_at_max_tokens": 1, "share": 0.5}  # one response hit the cap
 
 
 def test_a_k_above_the_samples_per_problem_is_refused_not_dropped(tmp_path, lcb, capsys):
