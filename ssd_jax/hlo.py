@@ -217,12 +217,10 @@ def _collective(ins: Instruction, symbols: dict[str, Instruction], n_devices: in
     """(kind, payload, traffic) of a synchronous collective or of the `-done` of an async one (results: the done's
     shapes; inputs: its start's operands)."""
     kind = ins.op.removesuffix("-done")
-    n = _group_size(ins.attrs, n_devices)
     out = ins.nbytes()
-    source = symbols.get(ins.operands[0]) if ins.op.endswith("-done") and ins.operands else ins
-    if ins.op.endswith("-done") and source is not None:
-        n = _group_size(source.attrs, n_devices)
-    inp = sum(symbols[o].nbytes() for o in (source.operands if source else []) if o in symbols)
+    source = (symbols.get(ins.operands[0]) if ins.op.endswith("-done") and ins.operands else None) or ins
+    n = _group_size(source.attrs, n_devices)  # an async pair's groups are on its start
+    inp = sum(symbols[o].nbytes() for o in source.operands if o in symbols)
     frac = (n - 1) / n if n > 1 else 0.0
     if kind == "all-gather":
         return kind, out, out * frac
@@ -231,7 +229,7 @@ def _collective(ins: Instruction, symbols: dict[str, Instruction], n_devices: in
     if kind == "all-reduce":
         return kind, out, 2 * out * frac
     if kind == "ragged-all-to-all":  # the routed rows move: at most the smaller of the send and receive buffers
-        first = symbols.get(source.operands[0]) if source is not None and source.operands else None
+        first = symbols.get(source.operands[0]) if source.operands else None
         return kind, out, min(out, first.nbytes() if first else out) * frac
     if kind == "all-to-all":
         return kind, out, out * frac

@@ -249,3 +249,17 @@ def test_collectives_are_counted_once_with_their_bytes(kind, fn, payload):
     x = jax.ShapeDtypeStruct((8 * 1024, 64), jnp.bfloat16, sharding=NamedSharding(mesh, P("x")))
     stats = hlo.program_stats(jax.jit(sm).lower(x).compile().as_text(), 8)
     assert {k: (c.count, c.payload_bytes) for k, c in stats.collectives.items()} == {kind: (1, payload)}
+
+
+def test_a_large_sort_compiles_deviceless_only_with_the_deviceless_options():
+    """XLA:GPU runs a large sort (the MoE's argsort over routed rows) with CUB, whose scratch it sizes on a device:
+    without one the compile fails; `gpu_targets.compiler_options` (what plan compiles with) takes XLA's own sort."""
+    devs = gpu(1)
+    mesh = Mesh(np.array(devs), ("x",))
+    x = jax.ShapeDtypeStruct((1 << 20,), jnp.int32, sharding=NamedSharding(mesh, P()))
+    lowered = jax.jit(lambda a: jnp.argsort(a, stable=True)).lower(x)
+    assert gpu_targets.compiler_options(devs) == gpu_targets.DEVICELESS_OPTIONS
+    assert gpu_targets.compiler_options(cpu(1)) == {}
+    lowered.compile(compiler_options=gpu_targets.compiler_options(devs))
+    with pytest.raises(Exception, match="cudaErrorInvalidDevice"):
+        lowered.compile()

@@ -78,6 +78,9 @@ def devices(kind: str, n: int) -> tuple:
     return _topology_devices(kind, n)
 
 
+_DESCRIBED: set = set()  # every device `_topology_devices` made: described, with no device behind it
+
+
 @cache
 def _topology_devices(kind: str, n: int) -> tuple:
     text = description(kind)
@@ -88,6 +91,7 @@ def _topology_devices(kind: str, n: int) -> tuple:
     except Exception as e:  # the plugin did not register (a CUDA check failed) or refused the description
         raise UserError(f"no {kind} topology from the CUDA plugin: {str(e).splitlines()[0]} (on a machine without "
                         f"a GPU run with JAX_PLATFORMS=cpu, which ssd-jax sets by default)") from None
+    _DESCRIBED.update(topo.devices)
     return tuple(topo.devices)
 
 
@@ -100,14 +104,4 @@ DEVICELESS_OPTIONS = {"xla_gpu_enable_cub_radix_sort": False}
 
 def compiler_options(devices) -> dict:
     """Compiler options for a program over `devices`: `DEVICELESS_OPTIONS` for a described GPU, none otherwise."""
-    return dict(DEVICELESS_OPTIONS) if devices and devices[0].platform == "gpu" and _described(devices[0]) else {}
-
-
-def _described(device) -> bool:
-    """A device of a topology made from a description (no device behind it), not one of this process's GPUs."""
-    import jax
-
-    try:
-        return device not in jax.devices("gpu")
-    except RuntimeError:  # no GPU backend in this process
-        return True
+    return dict(DEVICELESS_OPTIONS) if devices and devices[0] in _DESCRIBED else {}

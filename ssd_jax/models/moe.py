@@ -34,7 +34,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import PartitionSpec as P
 
 from ssd_jax.models.activations import silu_mul
 from ssd_jax.sharding import batch_axes, on_cpu, param_spec, platform

@@ -245,14 +245,15 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         finally:
             if progress is not None:
                 progress.close()
-    if n_proc > 1 and not replica:
+    in_parts = n_proc > 1 and not replica  # this job's processes each wrote a part file
+    if in_parts:
         distributed.barrier(f"sample-generated:{cfg.out}")
-        if merges:
+    if merges:
+        if in_parts:
             merge_parts(store, keys, n_proc)
-            store.reorder(keys)
-        distributed.barrier(f"sample-merged:{cfg.out}")
-    elif merges:
         store.reorder(keys)  # (problem, index) order, however the completions arrived and however often resumed
+    if in_parts:
+        distributed.barrier(f"sample-merged:{cfg.out}")
     out = sink.path if replica else Path(cfg.out)  # a replica reports its own part; its parent merges
     samples = read_samples(out)
     reasons: dict[str, int] = {}
