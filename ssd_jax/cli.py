@@ -130,13 +130,20 @@ def cmd_eval(args) -> int:
     if args.grade_only and not args.samples:
         raise UserError("--grade-only needs --samples FILE")
     with run_lock.hold(cfg.out_dir, "ssd-jax eval"):
-        doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None)
+        doc = run_eval(cfg, samples_file=args.samples if args.grade_only else None,
+                       also_grade=[m for text in args.also_grade or [] for m in text.split(",") if m])
     problem_set = describe_problem_set(doc.get("problems") or {})
     if problem_set:
         print(problem_set)
     overall = doc["metrics"]["overall"]
     ks = _pass_at_k_line(overall)
     print(f"{doc['metrics']['n_problems']} problems × {doc['n_samples_per_problem']}: {ks} → {cfg.out_dir}/metrics.json")
+    if "graders" in doc:
+        g = doc["graders"]
+        for mode, row in g["modes"].items():
+            vals = ", ".join(f"{k} {v:.2%}" for k, v in row.items() if k.startswith("pass@"))
+            print(f"  grader {mode:<10} (extraction {row['extraction']}): {vals}")
+        print(f"  verdicts differ on {g['verdicts_differ']} of {g['samples']} samples → {cfg.out_dir}/graders.json")
     return 0
 
 
@@ -311,6 +318,9 @@ def _add_stage_commands(sub) -> None:
     _config_args(v, "EvalConfig")
     v.add_argument("--grade-only", action="store_true", help="grade an existing samples file, no generation")
     v.add_argument("--samples", help="samples JSONL to grade with --grade-only")
+    v.add_argument("--also-grade", action="append", metavar="MODE[,MODE]",
+                   help="grade the same samples with another grader mode too (lcb_compat, mlssd, robust): its records "
+                        "in OUT/grader-MODE/, both pass@k side by side in OUT/graders.json")
     v.set_defaults(fn=cmd_eval)
 
 

@@ -7,6 +7,9 @@ metrics), which never imports a sampler. Outputs in `out_dir`:
   graded.jsonl                       {problem_id, sample_idx, passed, error_code, error_message, isolation,
                                       grader_mode, extraction}
   metrics.json, pass_at_k.png        pass@k overall / by difficulty / by platform, with what produced them
+  grader-<mode>/, graders.json       with `also_grade`: the same samples graded by another mode (its own graded.jsonl
+                                      and metrics.json), and both modes' pass@k side by side with the samples
+                                      whose verdicts differ
 Grading is resumable too: graded samples are skipped on rerun (refused when they were graded with another mode or
 extraction rule). `--grade-only` grades an existing samples file.
 """
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from ssd_jax import distributed, faults
@@ -25,7 +28,7 @@ from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
-from ssd_jax.evaluation.grader import grade_record, humaneval_timeout, problem_payload
+from ssd_jax.evaluation.grader import MODES, grade_record, humaneval_timeout, problem_payload
 from ssd_jax.evaluation.pool import WorkerPool
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
@@ -113,9 +116,32 @@ def sample_config(cfg: EvalConfig, out: Path) -> SampleConfig:
     return SampleConfig(**shared, out=str(out), round=0)
 
 
-def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> dict:
-    """Sample (unless `samples_file` is given: grade-only), grade, and write metrics. Returns the metrics doc."""
+def other_graders(cfg: EvalConfig, modes) -> list[EvalConfig]:
+    """One config per extra grader mode: `cfg` with that mode (its own extraction unless one is pinned), writing
+    under out_dir/grader-<mode>/. Checked before any sampling."""
+    modes = list(dict.fromkeys(modes))
+    if not modes:
+        return []
+    if cfg.problems.kind == "humaneval":
+        raise UserError("--also-grade: HumanEval has one grader (its own check); it applies to LiveCodeBench-style "
+                        "problems")
+    out = []
+    for mode in modes:
+        if mode not in MODES:
+            raise UserError(f"--also-grade {mode!r}: expected one of {', '.join(MODES)}")
+        if mode == cfg.grader.mode:
+            raise UserError(f"--also-grade {mode!r}: the run already grades with {mode!r} (grader.mode)")
+        grader = replace(cfg.grader, mode=mode,
+                         lcb_version=cfg.grader.lcb_version if mode == "lcb_compat" else "upstream")
+        out.append(replace(cfg, grader=grader, out_dir=str(Path(cfg.out_dir) / f"grader-{mode}")))
+    return out
+
+
+def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None, also_grade=()) -> dict:
+    """Sample (unless `samples_file` is given: grade-only), grade, and write metrics. Returns the metrics doc (with
+    `also_grade` modes, its "graders" entry holds each mode's pass@k and the samples the modes disagree on)."""
     out = Path(cfg.out_dir)
+    others = other_graders(cfg, also_grade)
     out.mkdir(parents=True, exist_ok=True)
     problem_list, report = load_problems(cfg.problems)
     if not problem_list:
@@ -135,7 +161,12 @@ def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None) -> 
         distributed.barrier(f"eval-graded:{out}")
         return json.loads((out / "metrics.json").read_text())
     try:
-        return _grade_and_report(cfg, out, problems, report, samples_path, where)
+        doc, graded = _grade_and_report(cfg, out, problems, report, samples_path, where)
+        if others:
+            runs = [(cfg, doc, graded)] + [(o, *_grade_and_report(o, Path(o.out_dir), problems, report, samples_path,
+                                                                  where)) for o in others]
+            doc["graders"] = compare_graders(runs, out / "graders.json")
+        return doc
     finally:
         distributed.barrier(f"eval-graded:{out}")
 
@@ -161,8 +192,27 @@ def truncated(samples: list[dict]) -> dict | None:
     return {"responses": len(known), "cut_at_max_tokens": cut, "share": cut / len(known)}
 
 
+def compare_graders(runs: list[tuple[EvalConfig, dict, list[dict]]], path: Path) -> dict:
+    """Each mode's pass@k side by side (from its (config, metrics doc, graded records)), and the samples whose
+    pass/fail verdict the modes do not all share."""
+    modes = [c.grader.mode for c, _, _ in runs]
+    verdicts = [[bool(r["passed"]) for r in graded] for _, _, graded in runs]  # each in the samples' order
+    differ = [i for i, row in enumerate(zip(*verdicts)) if len(set(row)) > 1]
+    first = runs[0][2]
+    doc = {"modes": {c.grader.mode: {"extraction": c.grader.resolved_extraction(),
+                                     "metrics": str(Path(c.out_dir) / "metrics.json"),
+                                     **{f"pass@{k}": v for k, v in M.pass_at_k_values(d["metrics"]["overall"]).items()}}
+                     for c, d, _ in runs},
+           "samples": len(first), "verdicts_differ": len(differ),
+           "differ": [{"problem_id": first[i]["problem_id"], "sample_idx": first[i]["sample_idx"],
+                       **{m: v[i] for m, v in zip(modes, verdicts)}} for i in differ]}
+    atomic_write_text(path, json.dumps(doc, indent=1) + "\n")
+    return doc
+
+
 def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], report: dict, samples_path: Path,
                       where: str) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
     samples = read_samples(samples_path)
     if not samples:
         raise UserError(f"{where}: no samples to grade")
@@ -186,4 +236,4 @@ def _grade_and_report(cfg: EvalConfig, out: Path, problems: dict[str, Problem], 
         M.plot_pass_at_k(m, out / "pass_at_k.png", title=f"{cfg.model.path} · {cfg.problems.kind}")
     except Exception as e:  # a missing plotting backend must not lose the numbers
         doc["plot_error"] = str(e)
-    return doc
+    return doc, graded

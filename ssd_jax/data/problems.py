@@ -246,15 +246,26 @@ def decontaminate(pool: list[Problem], eval_set: list[Problem], ngram: int = 13)
 
 @dataclass(frozen=True)
 class LcbWindow:
-    """A paper window: inclusive ISO contest dates and the problem count the paper reports for it."""
+    """A paper window: inclusive ISO contest dates, the problem count the paper states for it, and where that count
+    comes from (whether the released sources reproduce it)."""
 
     start: str
     end: str
     expected: int
+    source: str
 
 
-# The paper's windows (paper App. C.1): v6 = contests Feb–May 2025, 131 problems; v5 = Aug 2024–Feb 2025, 374.
-LCB_WINDOWS = {"v6": LcbWindow("2025-02-01", "2025-05-31", 131), "v5": LcbWindow("2024-08-01", "2025-02-28", 374)}
+# The paper's windows (App. C.1), over every file of the dataset (release_v6 = release_latest: test.jsonl …
+# test6.jsonl), dates inclusive as LiveCodeBench's --start_date/--end_date (lcb_runner/benchmarks/code_generation.py)
+# and ml-ssd's month filter (evaluation/benchmark.py keeps contest months 2025-02 … 2025-05 of release_latest).
+LCB_WINDOWS = {
+    "v6": LcbWindow("2025-02-01", "2025-05-31", 131,
+                    "reproduced by the sources: test6.jsonl holds 175 problems (LiveCodeBench README: release_v6 1055 "
+                    "− release_v5 880), 44 of them from January 2025, and none after early April 2025"),
+    "v5": LcbWindow("2024-08-01", "2025-02-28", 374,
+                    "stated by the paper only: no released code reproduces it; release_v5 alone gives the 279 other "
+                    "papers quote for these dates, so 374 must count test6.jsonl's January and February problems"),
+}
 LCB_RELEASE_FILES = {f"release_v{i}": ["test.jsonl"] + [f"test{j}.jsonl" for j in range(2, i + 1)] for i in range(1, 7)}
 
 
@@ -347,8 +358,9 @@ def check_window_count(problems: list[Problem], window: str, where) -> bool:
     if len(problems) == w.expected:
         return True
     msg = (f"{where}: LiveCodeBench window {window} ({w.start} … {w.end}) holds {len(problems)} problems, but the "
-           f"paper's {window} has {w.expected}; pass@k will not be comparable with the paper's (check the release "
-           f"and the test*.jsonl files; question-id sha256 {question_ids_sha256(problems)[:16]}…)")
+           f"paper's {window} has {w.expected} ({w.source}); a different problem set makes pass@k incomparable with "
+           f"the paper's: check that every test*.jsonl (release_v6) is there and complete (question-id sha256 "
+           f"{question_ids_sha256(problems)[:16]}…)")
     warnings.warn(msg, ProblemSetWarning, stacklevel=3)
     print(f"WARNING: {msg}", file=sys.stderr)
     return False

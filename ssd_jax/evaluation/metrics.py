@@ -73,11 +73,12 @@ def mean(values: Sequence[float]) -> float:
 
 def bootstrap_ci(values: Sequence[float], n_boot: int = 1000, alpha: float = 0.05,
                  seed: int = 0) -> tuple[float, float]:
-    """Percentile bootstrap CI of the mean, resampling problems with replacement; (nan, nan) for no values."""
+    """Percentile bootstrap CI of the mean, resampling problems with replacement; (nan, nan) for no values or
+    n_boot 0 (no interval asked for)."""
     import numpy as np
 
     vals = np.asarray(list(values), dtype=np.float64)
-    if vals.size == 0:
+    if vals.size == 0 or n_boot == 0:
         return (float("nan"), float("nan"))
     idx = np.random.default_rng(seed).integers(0, vals.size, size=(n_boot, vals.size))
     means = vals[idx].mean(axis=1)

@@ -64,6 +64,9 @@ def test_paper_windows_carry_their_counts_and_v5_ends_in_february():
         ("2025-02-01", "2025-05-31", 131)
     assert (P.LCB_WINDOWS["v5"].start, P.LCB_WINDOWS["v5"].end, P.LCB_WINDOWS["v5"].expected) == \
         ("2024-08-01", "2025-02-28", 374)  # the paper: Aug 2024 – Feb 2025
+    # the warning says which count the sources reproduce (v6: test6.jsonl's 175 less January's 44) and which not
+    assert P.LCB_WINDOWS["v6"].source.startswith("reproduced by the sources") and "175" in P.LCB_WINDOWS["v6"].source
+    assert P.LCB_WINDOWS["v5"].source.startswith("stated by the paper only") and "279" in P.LCB_WINDOWS["v5"].source
 
 
 def test_v5_window_includes_february_2025(tmp_path):
@@ -80,8 +83,9 @@ def test_a_paper_window_with_the_wrong_count_warns_loudly(lcb_dir, capsys, monke
     with pytest.warns(P.ProblemSetWarning, match=r"window v6 .* holds 2 problems, but the paper's v6 has 131"):
         P.load_livecodebench(lcb_dir, window="v6")
     err = capsys.readouterr().err
-    assert err.startswith("WARNING: ") and "the paper's v6 has 131" in err
-    monkeypatch.setitem(P.LCB_WINDOWS, "v6", P.LcbWindow("2025-02-01", "2025-05-31", 2))
+    assert err.startswith("WARNING: ") and "the paper's v6 has 131 (reproduced by the sources" in err
+    assert "release_v6" in err
+    monkeypatch.setitem(P.LCB_WINDOWS, "v6", P.LcbWindow("2025-02-01", "2025-05-31", 2, "a test"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the right count: silence
         assert len(P.load_livecodebench(lcb_dir, window="v6")) == 2

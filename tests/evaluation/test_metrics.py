@@ -98,6 +98,7 @@ def test_bootstrap_is_seeded_and_sensible():
     wide = bootstrap_ci(vals[:10], seed=1)
     assert wide[1] - wide[0] > a[1] - a[0]  # fewer problems, wider interval
     assert bootstrap_ci([0.7] * 10) == (0.7, 0.7)
+    assert all(x != x for x in bootstrap_ci(vals, n_boot=0))  # no interval asked for: nan, nan
     assert all(math.isnan(x) for x in bootstrap_ci([]))
 
 

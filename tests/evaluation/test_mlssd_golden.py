@@ -135,3 +135,44 @@ def test_switching_mode_changes_verdicts_exactly_where_the_official_graders_disa
     assert {i for i, r in as_packaged.items() if r.passed != mlssd[i].passed} == LCB_VS_MLSSD
     upstream = grade_all("lcb_compat")
     assert {i for i, r in upstream.items() if r.passed != mlssd[i].passed} == UPSTREAM_VS_MLSSD
+
+
+def test_eval_grades_one_samples_file_both_ways_in_one_call(tmp_path, capsys):
+    """`ssd-jax eval --also-grade`: the 88 golden responses as a LiveCodeBench problem set and a samples file, graded
+    by mlssd (the paper configs' mode) and LiveCodeBench's rules in one call; each mode gets its pinned verdicts."""
+    from ssd_jax.cli import main
+
+    lcb, samples = tmp_path / "lcb", tmp_path / "samples.jsonl"
+    lcb.mkdir()
+    rows = [{"question_id": r["id"], "question_title": r["id"], "question_content": r["exercises"],
+             "platform": "golden", "contest_date": "2025-03-01T00:00:00", "difficulty": "easy", "starter_code": "",
+             "public_test_cases": json.dumps(r["problem"]["public_tests"]),
+             "private_test_cases": json.dumps(r["problem"]["private_tests"]),
+             "metadata": json.dumps({"func_name": r["problem"]["func_name"]} if r["problem"].get("func_name") else {})}
+            for r in ROWS]
+    (lcb / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    samples.write_text("".join(json.dumps({"problem_id": f"lcb/{r['id']}", "sample_idx": 0, "response": r["program"]})
+                               + "\n" for r in ROWS))
+    out = tmp_path / "eval"
+    argv = ["eval", "--grade-only", "--samples", str(samples), "--also-grade", "lcb_compat",
+            "--set", "problems.kind=lcb", "--set", f"problems.path={lcb}", "--set", f"out_dir={out}",
+            "--set", "grader.mode=mlssd", "--set", "grader.timeout_s=1", "--set", "progress=false",
+            "--set", "decode.n=1", "--set", "ks=[1]", "--set", "bootstrap=0"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    verdicts = {}
+    for mode, folder in (("mlssd", out), ("lcb_compat", out / "grader-lcb_compat")):
+        graded = [json.loads(line) for line in (folder / "graded.jsonl").read_text().splitlines()]
+        assert {g["grader_mode"] for g in graded} == {mode}
+        verdicts[mode] = {g["problem_id"].removeprefix("lcb/"): g["passed"] for g in graded}
+        doc = json.loads((folder / "metrics.json").read_text())
+        assert doc["grader"]["mode"] == mode
+        assert doc["metrics"]["overall"]["pass@1"] == pytest.approx(sum(verdicts[mode].values()) / len(ROWS))
+        assert f"grader {mode}" in printed
+    assert verdicts["mlssd"] == {r["id"]: r["verdict_observed"]["passed"] for r in ROWS}
+    assert {i for i in verdicts["mlssd"] if verdicts["mlssd"][i] != verdicts["lcb_compat"][i]} == UPSTREAM_VS_MLSSD
+    side = json.loads((out / "graders.json").read_text())
+    assert side["verdicts_differ"] == len(UPSTREAM_VS_MLSSD) and side["samples"] == len(ROWS)
+    assert {d["problem_id"].removeprefix("lcb/") for d in side["differ"]} == UPSTREAM_VS_MLSSD
+    assert list(side["modes"]) == ["mlssd", "lcb_compat"]
+    assert side["modes"]["lcb_compat"]["extraction"] == "lcb" and side["modes"]["mlssd"]["extraction"] == "mlssd"
