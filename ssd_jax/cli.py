@@ -152,11 +152,7 @@ def cmd_baselines(args) -> int:
     from ssd_jax.config import EvalConfig, load_config
 
     cfg = load_config(EvalConfig, args.config, args.set or [])
-    try:
-        temps = [float(t) for t in args.temps.split(",") if t.strip()]
-    except ValueError:
-        raise UserError(f"--temps {args.temps!r}: expected comma-separated numbers, e.g. 0.6,0.9,1.2") from None
-    rows = run_baselines(cfg, args.model_preset, temps, args.ssd_model, args.out)
+    rows = run_baselines(cfg, args.model_preset, _floats(args.temps, "--temps"), args.ssd_model, args.out)
     print((Path(args.out) / "baselines.md").read_text())
     return 0 if rows else 1
 
@@ -197,6 +193,17 @@ def cmd_plan(args) -> int:
     return 0 if report["fits"] else 1
 
 
+def _floats(text: str, flag: str) -> list[float]:
+    """A comma-separated list of numbers from the command line (e.g. --temps 0.6,0.9,1.2)."""
+    try:
+        values = [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values:
+        raise UserError(f"{flag} {text!r}: expected comma-separated numbers, e.g. 0.6,0.9,1.2")
+    return values
+
+
 def _decode_arg(text: str):
     """`--label/--evaluate`: a decode preset name or T,top_k,top_p (e.g. 0.8,20,0.8)."""
     from ssd_jax.config import DecodeSpec
@@ -234,6 +241,12 @@ def cmd_analyze(args) -> int:
 def cmd_toy(args) -> int:
     from ssd_jax.analysis import toy
 
+    if args.top_p:
+        sweep = toy.sweep_top_p(toy.ToyConfig(vocab=args.vocab), _floats(args.top_p, "--top-p"))
+        files = toy.write_top_p(sweep, Path(args.out))
+        print(toy.format_top_p(sweep))
+        print(f"wrote {files['json']} and {files['png']}")
+        return 0
     result = toy.run_toy(toy.ToyConfig(vocab=args.vocab), paths=args.paths, seed=args.seed, steps=args.steps)
     files = toy.write_toy(result, Path(args.out))
     print(toy.format_summary(result))
@@ -379,6 +392,8 @@ def _add_analysis_commands(sub) -> None:
     ty.add_argument("--seed", type=int, default=0)
     ty.add_argument("--vocab", type=int, default=16, help="16: the appendix's V (12-token tail after the four "
                     "printed probabilities); 19: the '15-token tail' reading")
+    ty.add_argument("--top-p", help="App. C.4's top-p sweep instead: comma-separated evaluation top-p values (e.g. "
+                    "0.80,0.85,0.90,0.95), each with its teacher and closed-form student optimum and their gap")
     ty.set_defaults(fn=cmd_toy)
 
     b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")

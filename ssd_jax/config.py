@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from ssd_jax.data.prompts import PromptConfig
+from ssd_jax.data.prompts import PromptConfig, expand_format
 from ssd_jax.errors import ConfigError
 from ssd_jax.presets import FILTER_DEFAULTS, filter_preset, preset
 from ssd_jax.sampling.types import SamplingParams, Truncation
@@ -99,7 +99,13 @@ class SFTDataConfig:
     seq_len: int = 2048
     packing: bool = True
     packing_bins: int = 64  # best-fit bins held open at once: more bins, less padding
+    # batch_unit samples: a step's rows are as long as its samples need, in multiples of this many tokens (each
+    # distinct row length compiles the step once; a finer quantum pads less and compiles more often)
+    row_quantum: int = 512
     too_long: Literal["truncate", "drop"] = "truncate"  # examples longer than seq_len (counted either way)
+    # The prompt format the SFT records must have been made under (data/prompts.py; they say which): null = any.
+    # `ssd-jax run` sets it from prompt_format. The trained model records the data's format for `ssd-jax eval`.
+    prompt_format: Literal["custom", "paper", "released"] | None = None
     shuffle: bool = True
     seed: int = 0
 
@@ -130,8 +136,13 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     out_dir: str = "runs/train"
-    global_batch: int = 32  # rows (packed sequences) per optimizer step
-    micro_batch: int = 0  # rows per forward/backward; 0 = global_batch (no accumulation)
+    # What global_batch counts. rows: rows of data.seq_len tokens per optimizer step (packed, each holds many
+    # samples). samples: samples per optimizer step, packed densely into micro_batch rows (the mesh's batch ways
+    # need a row each) as long as they need (≤ seq_len, in data.row_quantum steps; more micro-steps of seq_len
+    # rows only when they do not fit in one): the plain reading of the paper's "global batch 32".
+    batch_unit: Literal["rows", "samples"] = "rows"
+    global_batch: int = 32  # rows or samples (batch_unit) per optimizer step
+    micro_batch: int = 0  # rows per forward/backward; 0 = global_batch (rows: no accumulation)
     seed: int = 0
     log_every: int = 1
     checkpoint_every: int = 250
@@ -229,6 +240,12 @@ class VllmSpec:
     replicas: int = 1
 
 
+def _expands_prompt(stage: str) -> dict:
+    """Field metadata: a `prompt:` section naming a format gets that format's settings for `stage` (see
+    data/prompts.py) before it is written over the field's defaults."""
+    return {"expand": lambda data, where: expand_format(data, stage, where)}
+
+
 @dataclass
 class GenerationConfig:
     """What sampling from a model needs: the fields `sample:` and `eval:` share, declared once (eval_run hands its
@@ -236,7 +253,7 @@ class GenerationConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)
     problems: ProblemSource = field(default_factory=ProblemSource)
-    prompt: PromptConfig = field(default_factory=PromptConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig, metadata=_expands_prompt("generation"))
     decode: DecodeSpec = field(default_factory=DecodeSpec)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     backend: Literal["jax", "vllm"] = "jax"
@@ -295,7 +312,8 @@ class EvalConfig(GenerationConfig):
 
     # GenerationConfig's fields, with evaluation's defaults
     problems: ProblemSource = field(default_factory=lambda: ProblemSource(kind="humaneval"))
-    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(mode="chat", template="eval", system=None))
+    prompt: PromptConfig = field(default_factory=lambda: PromptConfig(mode="chat", template="eval", system=None),
+                                 metadata=_expands_prompt("evaluation"))
     decode: DecodeSpec = field(default_factory=lambda: DecodeSpec(n=10, max_tokens=2048))
     grader: GraderSpec = field(default_factory=GraderSpec)
     ks: list[int] = field(default_factory=lambda: [1, 5])
@@ -390,14 +408,20 @@ class RunConfig:
     rounds: int = 1
     model: ModelSpec = field(default_factory=ModelSpec)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    # One prompt format for generation and evaluation (data/prompts.py): paper | released | custom (the sections'
+    # own mode/template/system). The SFT data and the trained model record it; eval refuses a model trained under
+    # another unless eval.prompt.allow_other_format.
+    prompt_format: Literal["custom", "paper", "released"] = "custom"
     sample: SampleConfig = field(default_factory=SampleConfig,
-                                 metadata=_run_sets(model="model", mesh="mesh", out="out_dir", round="rounds"))
+                                 metadata=_run_sets(model="model", mesh="mesh", out="out_dir", round="rounds",
+                                                    prompt__format="prompt_format"))
     filter: FilterConfig = field(default_factory=lambda: FilterConfig(preset="paper"))
     train: TrainConfig = field(default_factory=TrainConfig,
                                metadata=_run_sets(model="model", mesh="mesh", out_dir="out_dir",
-                                                  data__train_file="out_dir"))
+                                                  data__train_file="out_dir", data__prompt_format="prompt_format"))
     eval: EvalConfig = field(default_factory=EvalConfig, metadata=_run_sets(model="model", mesh="mesh",
-                                                                            out_dir="out_dir"))
+                                                                            out_dir="out_dir",
+                                                                            prompt__format="prompt_format"))
     eval_base: bool = True
     # Each stage in a process of its own: JAX holds the GPU memory it took (75% by default) until its process
     # exits, so vLLM cannot start beside a JAX stage in one process. auto: when sample or eval runs on vLLM.
@@ -408,6 +432,22 @@ class RunConfig:
     base_eval_decode: DecodeSpec | None = field(default=None, metadata={"inherit": "eval.decode"})
     analysis: AnalysisConfig = field(default_factory=AnalysisConfig, metadata=_run_sets(mesh="mesh",
                                                                                         dtype="model.dtype"))
+
+    @staticmethod
+    def prepare(data: dict) -> dict:
+        """The top-level prompt_format into both stage sections, before they are built (their formats expand)."""
+        fmt = data.get("prompt_format", "custom")
+        for sec in ("sample", "eval"):
+            section = data.get(sec, {})
+            if isinstance(section, dict) and isinstance(section.get("prompt", {}), dict):
+                data = {**data, sec: {**section, "prompt": {**section.get("prompt", {}), "format": fmt}}}
+        return data
+
+    def __post_init__(self) -> None:
+        for sec in (self.sample, self.eval):
+            if sec.prompt.format != self.prompt_format:
+                raise ConfigError(f"RunConfig: the {type(sec).__name__} prompt format {sec.prompt.format!r} is not "
+                                  f"prompt_format {self.prompt_format!r} (one format for both stages)")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -466,16 +506,36 @@ def from_dict(cls: type[T], data: dict, where: str = "config") -> T:
     hints = typing.get_type_hints(cls)
     _check_keys(cls, data, where)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    for k, v in data.items():
+        _refuse_run_owned(v, fields[k].metadata.get("run_sets", {}), f"{where}.{k}")
+    if hasattr(cls, "prepare"):  # a config that fills some of its sections from its own keys
+        data = cls.prepare(data)
+    data = _expand(cls, data, where)
     kwargs: dict = {}
     for k in sorted(data, key=lambda k: "inherit" in fields[k].metadata):  # after the field they inherit from
         v, at = data[k], f"{where}.{k}"
-        _refuse_run_owned(v, fields[k].metadata.get("run_sets", {}), at)
         start = _section_start(cls, fields[k], kwargs)
         if start is not None and isinstance(v, dict):
             _check_keys(type(start), v, at)
             v = _deep_merge(start.under(v) if "inherit" in fields[k].metadata else dataclasses.asdict(start), v)
         kwargs[k] = _coerce(v, hints[k], at)
     return cls(**kwargs)
+
+
+def _expand(cls, data: dict, where: str) -> dict:
+    """Sections with an `expand` metadata hook (a named prompt format), at any depth, filled in from what the user
+    wrote, before any partial section is merged over defaults (which would hide what was written)."""
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        v = data.get(f.name)
+        if not isinstance(v, dict):
+            continue
+        if "expand" in f.metadata:
+            out[f.name] = f.metadata["expand"](v, f"{where}.{f.name}")
+        elif dataclasses.is_dataclass(hints[f.name]):
+            out[f.name] = _expand(hints[f.name], v, f"{where}.{f.name}")
+    return out
 
 
 def _section_start(cls, f: dataclasses.Field, built: dict):

@@ -21,11 +21,12 @@ import os
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
-from ssd_jax import distributed, faults
+from ssd_jax import bundled, distributed, faults
 from ssd_jax.code import extract
 from ssd_jax.config import EvalConfig, GenerationConfig, SampleConfig
 from ssd_jax.data.filters import read_samples
 from ssd_jax.data.problems import Problem
+from ssd_jax.data.prompts import check_trained_format
 from ssd_jax.errors import UserError
 from ssd_jax.evaluation import metrics as M
 from ssd_jax.evaluation.grader import MODES, grade_record, humaneval_timeout, problem_payload
@@ -33,6 +34,7 @@ from ssd_jax.evaluation.pool import WorkerPool
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
+from ssd_jax.models import hf
 from ssd_jax.sampling.stage import load_problems, run_sample, sample_key
 
 
@@ -137,11 +139,22 @@ def other_graders(cfg: EvalConfig, modes) -> list[EvalConfig]:
     return out
 
 
+def check_model_format(cfg: EvalConfig) -> None:
+    """A model ssd-jax trained is evaluated under the prompt format of its SFT data unless told otherwise."""
+    model_dir = bundled.resolve_model(cfg.model.path)
+    made = hf.read_provenance(model_dir).get("prompt_format")
+    if not cfg.prompt.allow_other_format:
+        check_trained_format(made, cfg.prompt.format, f"model {cfg.model.path} (its {hf.PROVENANCE})",
+                             "set prompt.allow_other_format: true to evaluate it anyway")
+
+
 def run_eval(cfg: EvalConfig, samples_file: str | os.PathLike | None = None, also_grade=()) -> dict:
     """Sample (unless `samples_file` is given: grade-only), grade, and write metrics. Returns the metrics doc (with
     `also_grade` modes, its "graders" entry holds each mode's pass@k and the samples the modes disagree on)."""
     out = Path(cfg.out_dir)
     others = other_graders(cfg, also_grade)
+    if samples_file is None:
+        check_model_format(cfg)
     out.mkdir(parents=True, exist_ok=True)
     problem_list, report = load_problems(cfg.problems)
     if not problem_list:

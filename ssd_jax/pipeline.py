@@ -211,7 +211,8 @@ def round_configs(cfg: RunConfig, root: Path, r: int, start: str) -> RoundConfig
         sample=replace(cfg.sample, model=model, mesh=cfg.mesh, out=str(rd / "samples.jsonl"), round=r),
         filter=cfg.filter.resolve(),
         train=replace(cfg.train, model=model, mesh=cfg.mesh, out_dir=str(rd / "train"),
-                      data=replace(cfg.train.data, train_file=str(rd / "filtered.jsonl"))),
+                      data=replace(cfg.train.data, train_file=str(rd / "filtered.jsonl"),
+                                                   prompt_format=cfg.prompt_format)),
         analysis=replace(a, mesh=cfg.mesh, dtype=cfg.model.dtype, label=a.label or cfg.sample.decode,
                          evaluate=a.evaluate or cfg.eval.decode))
 

@@ -201,7 +201,7 @@ def compile_train_step(cfg: TrainConfig, model_dir: Path, devices: list) -> Comp
 
     checked = replace(cfg, model=replace(cfg.model, path=str(model_dir)), data=replace(cfg.data, train_file="-"))
     accum = validate(checked, len(devices), devices[0].platform)
-    micro, seq = cfg.global_batch // accum, cfg.data.seq_len
+    micro, seq = cfg.micro_batch or cfg.global_batch, cfg.data.seq_len
     mesh = make_mesh(cfg.mesh, devices=devices)
 
     def build():
@@ -239,7 +239,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
     params = c.params
     p_bytes, o_bytes, b_bytes = _shard_bytes(params), _shard_bytes(c.opt_state), _shard_bytes(c.batch)
     peak = mem.argument_size_in_bytes + mem.temp_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-    tokens = cfg.global_batch * seq
+    tokens = accum * micro * seq  # batch_unit samples: the step's largest usual shape (rows as long as seq_len)
     model_flops = flops_per_token(mcfg, seq) * tokens / devices
     compute_s = stats.flops / kind.peak_flops
     comm_s = stats.traffic_bytes / kind.link_bytes_per_s
@@ -248,7 +248,8 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
         "model": {"architecture": mcfg.architecture, "params": mcfg.num_params(), "layers": mcfg.num_layers,
                   "experts": mcfg.moe.num_experts if mcfg.moe else 0},
         "mesh": dict(mesh.shape),
-        "shapes": {"global_batch": cfg.global_batch, "micro_batch": micro, "accumulation": accum, "seq_len": seq,
+        "shapes": {"batch_unit": cfg.batch_unit, "global_batch": cfg.global_batch, "micro_batch": micro,
+                   "accumulation": accum, "seq_len": seq,
                    "tokens_per_step": tokens},
         "options": {"dtype": mcfg.dtype, "param_dtype": mcfg.param_dtype, "remat": mcfg.remat,
                     "attention_impl": mcfg.attention_impl,
@@ -335,6 +336,15 @@ def _trips(trips: dict[str, float]) -> str:
     return ", ".join(f"{k} {v:.1f}" for k, v in trips.items())
 
 
+def _step_line(sh: dict) -> str:
+    """What one planned step holds, in the config's batch unit."""
+    if sh.get("batch_unit") == "samples":
+        return (f"train step: {sh['global_batch']} samples packed into {sh['micro_batch']} rows of ≤ {sh['seq_len']} "
+                f"tokens (planned at the full {sh['seq_len']}: one micro-step)")
+    return (f"train step: global batch {sh['global_batch']} × {sh['seq_len']} tokens = {sh['accumulation']} "
+            f"micro-steps of {sh['micro_batch']} rows")
+
+
 def _gib(x: float) -> str:
     return f"{x / 2**30:,.1f} GiB"
 
@@ -350,8 +360,7 @@ def format_report(r: dict) -> str:
         f"{k['link_bytes_per_s'] / GB:.0f} GB/s link; --device-kind {r['device_kind']})",
         f"compiled by {c['compiler']} for {c['devices']} in {t['compile_s']:.0f} s, mesh {t['mesh']}: "
         f"{c['evidence']}",
-        f"train step: global batch {t['shapes']['global_batch']} × {t['shapes']['seq_len']} tokens = "
-        f"{t['shapes']['accumulation']} micro-steps of {t['shapes']['micro_batch']} rows; options {t['options']}",
+        _step_line(t["shapes"]) + f"; options {t['options']}",
         "",
         "per device                      bytes",
         f"  parameters                    {_gib(m['parameters'])}",

@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ssd_jax.config import TrainConfig, load_config
+from ssd_jax.data import sft
+from ssd_jax.data.prompts import DEFAULT_SYSTEM
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -22,6 +25,7 @@ def test_paper_instruct_recipe():
     assert (o.peak_lr, o.floor_lr, o.warmup_steps, o.total_steps) == (5e-6, 1e-6, 250, 2500)
     assert (o.b1, o.b2, o.weight_decay) == (0.9, 0.95, 0.1)
     assert (cfg.global_batch, cfg.data.seq_len, cfg.checkpoint_every) == (32, 65536, 250)
+    assert (cfg.batch_unit, cfg.micro_batch) == ("samples", 8)
 
 
 @pytest.mark.parametrize("name", ["paper-instruct", "paper-thinking"])
@@ -90,13 +94,36 @@ def test_paper_run_config(name):
     assert (o.peak_lr, o.floor_lr, o.b1, o.b2, o.weight_decay) == (5e-6, 1e-6, 0.9, 0.95, 0.1)
     assert (o.warmup_steps, o.total_steps, t.checkpoint_every) == ((50, 300, 50) if thinking else (250, 2500, 250))
     assert o.warmup == "megatron"  # the paper's trainer, Megatron-LM: update 1 at lr 0
-    assert t.data.packing and "# choice: packing." in (CONFIGS / f"{name}.yaml").read_text()  # stated, with passes
-    assert (t.global_batch, t.data.seq_len, t.moe_aux_loss_coef) == (32, 65536, 0.0)
+    # "global batch 32" read as 32 samples a step, packed into one row per device as long as they need
+    assert (t.batch_unit, t.global_batch, t.micro_batch) == ("samples", 32, 8)
+    assert (t.data.seq_len, t.moe_aux_loss_coef) == (65536, 0.0)
+    # one prompt format for generation and evaluation: the paper's (chat template + system message, .j2 text)
+    assert cfg.prompt_format == cfg.sample.prompt.format == cfg.eval.prompt.format == "paper"
+    assert (cfg.sample.prompt.mode, cfg.sample.prompt.template, cfg.sample.prompt.system_message) == \
+        (cfg.eval.prompt.mode, cfg.eval.prompt.template, cfg.eval.prompt.system_message) == \
+        ("chat", "train", DEFAULT_SYSTEM)
     # The architecture plans from the shipped config.json (no weights): the published size.
     mcfg = hf.model_config(CONFIGS / "hf" / hub.split("/")[1])
     assert mcfg.num_params() == pytest.approx(size, rel=0.02)
     assert (mcfg.moe is not None) == ("a3b" in name)
     assert cfg.mesh.expert == (-1 if mcfg.moe else 1)
+
+
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_paper_config_steps_hold_32_samples_with_little_padding(name):
+    """A synthetic set of ~4k-token samples (3,000–5,200 tokens, the instruct models' typical response) through
+    the config's own batching: each step holds global_batch samples and pads at most 10%."""
+    cfg = load_config(RunConfig, CONFIGS / f"{name}.yaml").train
+    rng = np.random.default_rng(0)
+    examples = [{k: np.zeros(n, np.float32 if k == "weights" else np.int32) for k in sft.FEATURES}
+                for n in rng.integers(3000, 5200, 400)]
+    steps = iter(sft.sample_batches(examples, cfg.data, cfg.global_batch))
+    for _ in range(40):
+        rows = sft.pack_step([examples[i] for i in next(steps)], cfg.micro_batch, cfg.data.seq_len,
+                             cfg.data.row_quantum)
+        real = int((rows["segment_ids"] > 0).sum())
+        assert int(rows["segment_ids"].max(axis=-1).sum()) == cfg.global_batch == 32
+        assert rows["inputs"].shape[0] == cfg.micro_batch and 1 - real / rows["inputs"].size <= 0.10
 
 
 def test_the_base_model_is_evaluated_at_its_table_4_setting_by_default():

@@ -37,7 +37,7 @@ def test_memory_agrees_with_a_hand_count(tiny_dir, name, mesh):
     assert m["aliased"] >= 0.9 * (m["parameters"] + m["optimizer"])  # donated: updated in place
     assert 0 < m["temp"] and m["peak"] >= m["arguments"]
     t = r["train"]
-    assert t["shapes"] == {"global_batch": 16, "micro_batch": 8, "accumulation": 2, "seq_len": 64,
+    assert t["shapes"] == {"batch_unit": "rows", "global_batch": 16, "micro_batch": 8, "accumulation": 2, "seq_len": 64,
                            "tokens_per_step": 1024}
     # Compiled FLOPs: forward + backward ≈ 3× the forward's 2·N per token (full width matmuls), within the
     # slack of attention and the scatter-free MoE permutes; never the one-layer undercount of cost_analysis.

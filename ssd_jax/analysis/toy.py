@@ -241,6 +241,54 @@ def write_toy(result: ToyResult, out: Path) -> dict[str, str]:
     return {"json": str(out / "toy.json"), "png": str(out / "toy.png")}
 
 
+def sweep_top_p(cfg: ToyConfig, top_ps: list[float]) -> dict:
+    """App. C.4's top-p sweep: the evaluation top-p varies (training stays at T_train, p_train), and each point
+    reports the teacher's and the closed-form student's best success over the T_eval grid and their gap. Varying
+    the evaluation top-p is the reading whose gaps span the paper's +1.4 … +5.4 pp (the training top-p's do not)."""
+    if not top_ps or any(not 0.0 < p <= 1.0 for p in top_ps):
+        raise ConfigError(f"--top-p {top_ps}: expected values in (0, 1]")
+    temps = cfg.temperatures()
+    points = []
+    for p in top_ps:
+        c = replace(cfg, p_eval=p)
+        t, s = _best(curve(teacher(c), c), temps), _best(curve(closed_form_student(c), c), temps)
+        points.append({"p_eval": p, "teacher": t, "student": s, "gap_pp": (s["success"] - t["success"]) * 100})
+    return {"varies": "p_eval", "t_train": cfg.t_train, "p_train": cfg.p_train, "vocab": cfg.vocab,
+            "paper_gap_pp": [1.4, 5.4], "points": points}
+
+
+def write_top_p(sweep: dict, out: Path) -> dict[str, str]:
+    """toy_top_p.json and toy_top_p.png (each top-p's best teacher and student success, the gap written above)."""
+    from ssd_jax.figures import new_figure, save_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "toy_top_p.json", json.dumps(sweep, indent=2) + "\n")
+    fig, ax = new_figure()
+    ps = [pt["p_eval"] for pt in sweep["points"]]
+    x = np.arange(len(ps))
+    for off, who, color in ((-0.2, "teacher", "tab:blue"), (0.2, "student", "tab:orange")):
+        ax.bar(x + off, [pt[who]["success"] * 100 for pt in sweep["points"]], 0.4, color=color, label=who)
+    for i, pt in enumerate(sweep["points"]):
+        top = max(pt["teacher"]["success"], pt["student"]["success"]) * 100
+        ax.annotate(f"{pt['gap_pp']:+.1f} pp", (x[i], top), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(x, [f"{p:g}" for p in ps])
+    ax.set(xlabel="evaluation top-p", ylabel="best success over T_eval (%)",
+           title=f"Toy FSM (App. C.4): SSD at T_train {sweep['t_train']:g}, top-p {sweep['p_train']:g}")
+    ax.legend(loc="upper right", fontsize=8)
+    save_figure(fig, out / "toy_top_p.png")
+    return {"json": str(out / "toy_top_p.json"), "png": str(out / "toy_top_p.png")}
+
+
+def format_top_p(sweep: dict) -> str:
+    lines = [f"toy FSM, V={sweep['vocab']}: SSD at T_train {sweep['t_train']:g}, top-p {sweep['p_train']:g}; the "
+             f"evaluation top-p varies (paper: gaps +{sweep['paper_gap_pp'][0]} … +{sweep['paper_gap_pp'][1]} pp)"]
+    for pt in sweep["points"]:
+        t, s = pt["teacher"], pt["student"]
+        lines.append(f"  top-p {pt['p_eval']:<5g} teacher {t['success'] * 100:6.2f}% (T={t['temperature']:.3f})  "
+                     f"student {s['success'] * 100:6.2f}% (T={s['temperature']:.3f})  gap {pt['gap_pp']:+.2f} pp")
+    return "\n".join(lines)
+
+
 def format_summary(result: ToyResult) -> str:
     lines = [f"toy FSM, V={result.config['vocab']}: best success over T_eval (top-p {result.config['p_eval']:g})"]
     for name, b in result.best.items():

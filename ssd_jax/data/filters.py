@@ -23,9 +23,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ssd_jax import faults
-from ssd_jax.code import extract_code, syntax_ok
+from ssd_jax.code import EXTRACTIONS, extract, extract_code, syntax_ok
 from ssd_jax.config import FilterConfig
 from ssd_jax.data.problems import read_jsonl
+from ssd_jax.data.prompts import recorded_format
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import atomic_write_text
 
@@ -95,8 +96,19 @@ def filter_samples(samples: list[dict], cfg: FilterConfig) -> tuple[list[dict], 
     stats = {"total": len(samples), "kept": kept, "dropped": sum(counts.values()), "by_reason": counts,
              "shortest_fraction_min_chars": min_len, "rules": asdict(cfg),
              "stub_rule": cfg.stub_rule if cfg.drop_single_line_stub else None,
-             "syntax_parser": cfg.syntax_parser if cfg.syntax else None}
+             "syntax_parser": cfg.syntax_parser if cfg.syntax else None,
+             "code_block": code_block_share(samples)}
     return out, stats
+
+
+def code_block_share(samples: list[dict]) -> dict:
+    """The paper's App. C.5 statistic: the share of samples whose response holds an extractable code block, under
+    each extraction rule (they disagree on unusual fences: code.py), over every sample before filtering."""
+    n = len(samples)
+    found = {rule: sum(bool(extract(s.get("response") or "", rule)) for s in samples) for rule in EXTRACTIONS}
+    return {"samples": n, **{rule: {"with_code_block": c, "share": c / n if n else float("nan")}
+                             for rule, c in found.items()}}
+
 
 
 def sft_records(verdicts: list[dict], strip: bool = True) -> list[dict]:
@@ -106,8 +118,11 @@ def sft_records(verdicts: list[dict], strip: bool = True) -> list[dict]:
         if not v["kept"]:
             continue
         msgs = v.get("messages") or [{"role": "user", "content": v.get("prompt", "")}]
-        recs.append({"messages": list(msgs) + [{"role": "assistant", "content": _text(v, strip)}],
-                     "problem_id": v["problem_id"]})
+        rec = {"messages": list(msgs) + [{"role": "assistant", "content": _text(v, strip)}],
+               "problem_id": v["problem_id"]}
+        if v.get("prompt_format"):
+            rec["prompt_format"] = v["prompt_format"]
+        recs.append(rec)
     return recs
 
 
@@ -133,7 +148,9 @@ def run_filter(samples_path: str | os.PathLike, out_path: str | os.PathLike, cfg
     samples = read_samples(samples_path)
     if not samples:
         raise UserError(f"{samples_path}: no samples to filter")
+    fmt = recorded_format(samples, f"{samples_path}: its samples")
     verdicts, stats = filter_samples(samples, cfg)
+    stats["prompt_format"] = fmt
     out = Path(out_path)
     atomic_write_text(out.parent / "verdicts.jsonl", _jsonl(verdicts))
     faults.point("filter.verdicts")

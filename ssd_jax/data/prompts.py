@@ -9,6 +9,12 @@ apple/ml-ssd's released generator):
 The problem text itself is LiveCodeBench's prompt format, in two variants that differ in small ways the released
 code keeps: `train` = ml-ssd's generation templates (`data_generation/templates/*.j2`), `eval` = ml-ssd's
 evaluation prompts (`evaluation/benchmark.py`, including its stray quote and unclosed starter-code fence).
+`format` names one choice for both stages (generation and evaluation), so a model is evaluated in the context it
+was trained in: `paper` = the chat template with DEFAULT_SYSTEM and the `.j2` text for both (the paper applies one
+format to every query); `released` = exactly ml-ssd's pair (raw `.j2` text for generation, chat template without a
+system message and `benchmark.py`'s text for evaluation); `custom` = the per-stage fields as written. The sample
+records, the SFT data and the trained model carry the name; `ssd-jax eval` refuses a model trained under another.
+
 How prompts are tokenised mirrors vLLM: a raw string gets the tokenizer's special tokens (BOS where it has one),
 a chat-templated string does not (the template already wrote them).
 """
@@ -19,6 +25,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from ssd_jax.data.problems import Problem
+from ssd_jax.errors import ConfigError, UserError
 
 _HEAD = (
     "You will be given a question (problem specification) and will generate a correct Python program that matches "
@@ -58,10 +65,54 @@ DEFAULT_SYSTEM = (
 )
 
 
+Stage = Literal["generation", "evaluation"]
+# Each named format's per-stage settings (mode, template, system).
+FORMATS: dict[str, dict[str, dict]] = {
+    "paper": {"generation": {"mode": "chat", "template": "train", "system": "default"},
+              "evaluation": {"mode": "chat", "template": "train", "system": "default"}},
+    "released": {"generation": {"mode": "raw", "template": "train", "system": None},
+                 "evaluation": {"mode": "chat", "template": "eval", "system": None}},
+}
+
+
+def expand_format(data: dict, stage: Stage, where: str) -> dict:
+    """A `prompt:` section as written → with its format's settings filled in for `stage`; a setting written beside a
+    named format must agree with it (one switch, no silent override)."""
+    fmt = data.get("format", "custom")
+    if fmt not in FORMATS:
+        return data
+    want = FORMATS[fmt][stage]
+    for key, value in want.items():
+        if key in data and data[key] != value:
+            raise ConfigError(f"{where}.{key}: prompt format {fmt!r} sets {key} {value!r} for {stage} (here "
+                              f"{data[key]!r}); drop {key} or set format: custom")
+    return {**data, **want}
+
+
+def recorded_format(records: list[dict], what: str) -> str | None:
+    """The prompt format (data/prompts.py) every record was made under; None when they do not say (made before
+    formats were recorded, or by hand). Records of two formats cannot make one training set."""
+    found = {r.get("prompt_format") for r in records} - {None}
+    if len(found) > 1:
+        raise UserError(f"{what} mix prompt formats {', '.join(sorted(found))}: one training set takes one format")
+    return found.pop() if found else None
+
+
+def check_trained_format(made: str | None, used: str, what: str, override: str) -> None:
+    """Refuse a model or SFT data made under prompt format `made` where this run uses `used`: the model would be
+    tested (or trained) in a context it was not trained in. `override` says how to go on anyway."""
+    if made is not None and made != used:
+        raise UserError(f"{what} was made under prompt format {made!r}, this run uses {used!r}; use the same "
+                        f"prompt format, or {override}")
+
+
 @dataclass
 class PromptConfig:
     """How a problem becomes a prompt: the `prompt:` section of sample and eval configs."""
 
+    format: Literal["custom", "paper", "released"] = "custom"  # see the module docstring
+    # eval only: evaluate a model trained under another format (its ssd_jax.json says which) instead of refusing
+    allow_other_format: bool = False
     mode: Literal["chat", "raw"] = "chat"
     template: Literal["train", "eval"] = "train"  # the two LiveCodeBench-style variants of ml-ssd
     system: str | None = "default"  # chat mode only: "default" = DEFAULT_SYSTEM; null = no system message
@@ -112,8 +163,6 @@ def render(problem: Problem, cfg: PromptConfig, tokenizer) -> tuple[str, list[in
         return text, list(tokenizer(text, add_special_tokens=True)["input_ids"])
     msgs = messages(problem, cfg)
     if not getattr(tokenizer, "chat_template", None):
-        from ssd_jax.errors import UserError
-
         raise UserError("prompt mode 'chat' needs a tokenizer with a chat template; use mode 'raw' for this model")
     text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     return text, list(tokenizer(text, add_special_tokens=False)["input_ids"])

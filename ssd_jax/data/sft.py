@@ -161,6 +161,78 @@ def batches_dataset(examples: list[dict], cfg: SFTDataConfig, batch_rows: int,
     return rows_dataset(examples, cfg, epochs).batch(batch_rows, drop_remainder=True)
 
 
+def sample_batches(examples: list[dict], cfg: SFTDataConfig, samples_per_step: int) -> grain.IterDataset:
+    """Infinite stream of `samples_per_step` example indices per step (batch_unit samples), each epoch reshuffled
+    from the seed; `pack_step` turns a step's examples into rows. A step may span two epochs (as rows do)."""
+    ds = grain.MapDataset.range(len(examples))
+    if cfg.shuffle:
+        ds = ds.shuffle(seed=cfg.seed)
+    return ds.repeat(None).to_iter_dataset().batch(samples_per_step, drop_remainder=True)
+
+
+def _best_fit(lengths: list[int], n_rows: int, row_len: int) -> list[list[int]] | None:
+    """Indices of `lengths` per row, placed longest first each into the fullest row it fits (best-fit
+    decreasing); None when they do not fit in `n_rows` rows of `row_len`."""
+    free = [row_len] * n_rows
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        fits = [r for r in range(n_rows) if free[r] >= lengths[i]]
+        if not fits:
+            return None
+        r = min(fits, key=lambda r: free[r])
+        free[r] -= lengths[i]
+        rows[r].append(i)
+    return rows
+
+
+def _balanced(lengths: list[int], n_rows: int) -> list[list[int]]:
+    """Indices of `lengths` per row, each longest-first into the least-filled row (LPT): the rows come out nearly
+    equal, which is what a step whose row length is set by its fullest row wants."""
+    load = [0] * n_rows
+    rows: list[list[int]] = [[] for _ in range(n_rows)]
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        r = min(range(n_rows), key=lambda r: load[r])
+        load[r] += lengths[i]
+        rows[r].append(i)
+    return rows
+
+
+def step_layout(lengths: list[int], micro: int, seq_len: int, quantum: int) -> tuple[int, list[list[int]]]:
+    """(row length, indices per row) for one step of samples (batch_unit samples): the fewest micro-steps of
+    `micro` rows the samples fit in (rows of at most `seq_len`), each row as long as the fullest one needs, rounded
+    up to a multiple of `quantum`."""
+    accum = 1
+    while True:
+        n_rows = accum * micro
+        rows = _balanced(lengths, n_rows)
+        fullest = max(sum(lengths[i] for i in row) for row in rows)
+        if fullest > seq_len:  # balanced rows overflow: a tighter packing may still fit
+            rows = _best_fit(lengths, n_rows, seq_len)
+            fullest = seq_len if rows is not None else None
+        if fullest is not None:
+            return min(-(-fullest // quantum) * quantum, seq_len), rows
+        accum += 1
+
+
+def pack_step(step_examples: list[dict], micro: int, seq_len: int, quantum: int) -> dict:
+    """One step's examples densely packed (see `step_layout`): dict of (accum·micro, row length) arrays with
+    per-example segment ids (0 = padding) and positions, as the packed rows of batch_unit rows."""
+    row_len, layout = step_layout([len(ex["inputs"]) for ex in step_examples], micro, seq_len, quantum)
+    out = {k: np.zeros((len(layout), row_len), np.float32 if k == "weights" else np.int32)
+           for k in (*FEATURES, "segment_ids", "positions")}
+    for r, idx in enumerate(layout):
+        at = 0
+        for seg, i in enumerate(idx, start=1):
+            ex = step_examples[i]
+            n = len(ex["inputs"])
+            for k in FEATURES:
+                out[k][r, at : at + n] = ex[k]
+            out["segment_ids"][r, at : at + n] = seg
+            out["positions"][r, at : at + n] = np.arange(n)
+            at += n
+    return out
+
+
 def rows_per_epoch(examples: list[dict], cfg: SFTDataConfig) -> int:
     """Rows one pass over the examples fills: the trainer's own best-fit packer run over one epoch, or one row per
     example without packing."""
@@ -169,18 +241,27 @@ def rows_per_epoch(examples: list[dict], cfg: SFTDataConfig) -> int:
     return sum(1 for _ in rows_dataset(examples, cfg, epochs=1))
 
 
-def data_passes(examples: list[dict], cfg: SFTDataConfig, global_batch: int, total_steps: int) -> dict:
-    """How many passes over the data `total_steps` optimizer steps of `global_batch` rows make. With packing a row
-    holds many examples, so the paper's "global batch 32" read as packed rows means many more passes than read as
-    32 sequences (the paper does not say which); this number makes the choice visible."""
+def data_passes(examples: list[dict], cfg: SFTDataConfig, global_batch: int, total_steps: int,
+                batch_unit: str = "rows") -> dict:
+    """How many passes over the data `total_steps` optimizer steps of `global_batch` rows (or samples) make. With
+    packing a row holds many examples, so the paper's "global batch 32" read as packed rows means many more passes
+    than read as 32 samples (the paper does not say which); this number makes the choice visible."""
+    if batch_unit == "samples":
+        trained = global_batch * total_steps
+        return {"batch_unit": "samples", "seq_len": cfg.seq_len, "examples": len(examples),
+                "samples_trained": trained, "passes": trained / len(examples)}
     rows = rows_per_epoch(examples, cfg)
     trained = global_batch * total_steps
-    return {"packing": cfg.packing, "seq_len": cfg.seq_len, "examples": len(examples), "rows_per_pass": rows,
-            "examples_per_row": len(examples) / rows, "rows_trained": trained, "passes": trained / rows}
+    return {"batch_unit": "rows", "packing": cfg.packing, "seq_len": cfg.seq_len, "examples": len(examples),
+            "rows_per_pass": rows, "examples_per_row": len(examples) / rows, "rows_trained": trained,
+            "passes": trained / rows}
 
 
 def describe_passes(p: dict) -> str:
-    """One line for the logs: examples → rows per pass, rows trained → passes."""
+    """One line for the logs: examples → rows per pass, rows (or samples) trained → passes."""
+    if p.get("batch_unit") == "samples":
+        return (f"data: {p['examples']:,} examples; {p['samples_trained']:,} samples trained (packed per step, rows "
+                f"≤ {p['seq_len']:,} tokens) = {p['passes']:.2f} passes over the data")
     per_row = f"{p['examples_per_row']:.1f} examples per packed row" if p["packing"] else "one example per row"
     return (f"data: {p['examples']:,} examples fill {p['rows_per_pass']:,} rows of {p['seq_len']:,} tokens per pass "
             f"({per_row}); {p['rows_trained']:,} rows trained = {p['passes']:.2f} passes over the data")

@@ -546,12 +546,32 @@ def hf_tensors(model: CausalLM, dtype: str | None = None) -> Iterator[tuple[str,
         yield key, rule.to_hf(a[index[1:]] if len(index) > 1 else a)
 
 
+# ssd-jax's note in a model directory it trained: the run, step and the prompt format of its SFT data.
+PROVENANCE = "ssd_jax.json"
+
+
+def read_provenance(model_dir: str | os.PathLike) -> dict:
+    """A model directory's PROVENANCE ({} for a model ssd-jax did not train)."""
+    path = Path(model_dir) / PROVENANCE
+    if not path.exists():
+        return {}
+    try:
+        doc = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return doc
+
+
 def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = None,
-         source_dir: str | os.PathLike | None = None, max_shard_bytes: int = 5 * 2**30) -> Path:
+         source_dir: str | os.PathLike | None = None, max_shard_bytes: int = 5 * 2**30,
+         provenance: dict | None = None) -> Path:
     """Write an HF directory (sharded safetensors + index + config + tokenizer/generation files) atomically.
 
     `dtype` converts on the way out (e.g. fp32 master weights → bfloat16); default keeps the parameter dtype.
-    Tokenizer and generation files come from `source_dir`, default the directory the model was loaded from."""
+    Tokenizer and generation files come from `source_dir`, default the directory the model was loaded from.
+    `provenance` (training runs) is written as PROVENANCE."""
     out = Path(out_dir)
     cfg = model.cfg
     source = Path(source_dir) if source_dir else (Path(cfg.source_dir) if cfg.source_dir else None)
@@ -611,6 +631,8 @@ def save(model: CausalLM, out_dir: str | os.PathLike, *, dtype: str | None = Non
         gen = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id") if hf_config.get(k) is not None}
         (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
 
+    if provenance is not None:
+        (tmp / PROVENANCE).write_text(json.dumps(provenance, indent=2) + "\n")
     replace_dir(tmp, out)
     distributed.barrier(f"hf-save:{out}")
     return out

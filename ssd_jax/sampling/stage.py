@@ -227,7 +227,7 @@ def run_sample(cfg: SampleConfig, problems: list[P.Problem] | None = None, repor
         def record(pi, rendered, c) -> dict:
             (p, i), (text, _) = pi, rendered
             return {"problem_id": p.id, "sample_idx": i, "prompt": text, "messages": messages(p, cfg.prompt),
-                    "response": c.text, "model": cfg.model.path, "decode": decode_rec,
+                    "prompt_format": cfg.prompt.format, "response": c.text, "model": cfg.model.path, "decode": decode_rec,
                     "finish_reason": c.finish_reason, "n_tokens": len(c.token_ids), "round": cfg.round,
                     "backend": cfg.backend}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from ssd_jax.errors import CheckpointError
 from ssd_jax.models import hf
 from ssd_jax.sharding import MeshConfig, make_mesh
 from ssd_jax.train.checkpoint import TrainCheckpointer
+from ssd_jax.train.loop import model_provenance
 
 
 def export_checkpoint(run_dir: str | os.PathLike, *, step: int | None = None, out: str | os.PathLike | None = None,
@@ -34,4 +36,7 @@ def export_checkpoint(run_dir: str | os.PathLike, *, step: int | None = None, ou
     model = hf.load_model(cfg.model, make_mesh(MeshConfig(fsdp=-1)), "export", weights=False)
     ckpt.restore_params(step, model)
     ckpt.close()
-    return hf.save(model, out or run / f"export-step-{step}", dtype=dtype, source_dir=model_dir)
+    stats = run / "data_stats.json"
+    prompt_format = json.loads(stats.read_text()).get("prompt_format") if stats.exists() else None
+    return hf.save(model, out or run / f"export-step-{step}", dtype=dtype, source_dir=model_dir,
+                   provenance=model_provenance(run, step, prompt_format))

@@ -21,6 +21,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ssd_jax import bundled, distributed, faults
 from ssd_jax.config import TrainConfig, dump_yaml
 from ssd_jax.data import sft
+from ssd_jax.data.prompts import check_trained_format, recorded_format
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak, return_freed_memory
@@ -35,7 +36,13 @@ def validate(cfg: TrainConfig, n_devices: int, platform: str) -> int:
     """Check the combinations a YAML schema cannot, for a program over `n_devices` of `platform` (the devices it
     is compiled for, `sharding.platform`); return the accumulation count."""
     micro = cfg.micro_batch or cfg.global_batch
-    if cfg.global_batch < 1 or micro < 1 or cfg.global_batch % micro:
+    if cfg.batch_unit == "samples":
+        if cfg.global_batch < 1 or not cfg.micro_batch:
+            raise ConfigError(f"batch_unit samples: global_batch ({cfg.global_batch}) samples per step need "
+                              f"micro_batch (rows per micro-step, ≥ 1; here {cfg.micro_batch})")
+        if cfg.data.row_quantum < 1:
+            raise ConfigError(f"data.row_quantum={cfg.data.row_quantum}: expected at least 1")
+    elif cfg.global_batch < 1 or micro < 1 or cfg.global_batch % micro:
         raise ConfigError(f"global_batch={cfg.global_batch} must be a positive multiple of micro_batch={micro}")
     if cfg.data.seq_len < 2:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: expected at least 2")
@@ -56,7 +63,9 @@ def validate(cfg: TrainConfig, n_devices: int, platform: str) -> int:
     batch_ways = math.prod(shape[a] for a in BATCH_AXES)
     if micro % batch_ways:
         raise ConfigError(f"micro_batch={micro} must be divisible by mesh {'×'.join(BATCH_AXES)} = {batch_ways}")
-    return cfg.global_batch // micro
+    # samples: one micro-step of seq_len rows is the step's largest usual shape (more only when a step's samples
+    # do not fit in it)
+    return 1 if cfg.batch_unit == "samples" else cfg.global_batch // micro
 
 
 class MetricsLog:
@@ -104,11 +113,21 @@ def _async_checkpointing(cfg: TrainConfig, mesh) -> bool:
     return not on_cpu(mesh)
 
 
+def model_provenance(run: Path, step: int, prompt_format: str | None) -> dict:
+    """What an exported model says about how it was trained (hf.PROVENANCE): eval checks its prompt format."""
+    return {"train_run": str(run), "step": step, "prompt_format": prompt_format}
+
+
 def train(cfg: TrainConfig) -> dict:
     accum = validate(cfg, jax.device_count(), jax.devices()[0].platform)
-    micro = cfg.global_batch // accum
+    micro = cfg.micro_batch or cfg.global_batch
     model_dir = bundled.resolve_model(cfg.model.path)
     hf.read_hf_config(model_dir)  # fail on a bad model before any work
+    records = sft.read_sft_jsonl(cfg.data.train_file)
+    prompt_format = recorded_format(records, f"{cfg.data.train_file}: its records")
+    if cfg.data.prompt_format is not None:
+        check_trained_format(prompt_format, cfg.data.prompt_format, cfg.data.train_file,
+                             "set data.prompt_format: null to train on it anyway")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     writer = distributed.is_writer()
@@ -117,11 +136,11 @@ def train(cfg: TrainConfig) -> dict:
 
     # Data: tokenise once (counts what was cut), then a deterministic grain stream of packed batches.
     tokenizer = hf.load_tokenizer(model_dir)
-    records = sft.read_sft_jsonl(cfg.data.train_file)
     examples, stats = sft.tokenize_dataset(records, tokenizer, cfg.data)
-    passes = sft.data_passes(examples, cfg.data, cfg.global_batch, cfg.optim.total_steps)
+    passes = sft.data_passes(examples, cfg.data, cfg.global_batch, cfg.optim.total_steps, cfg.batch_unit)
     if writer:
-        atomic_write_text(out / "data_stats.json", json.dumps({**stats.to_dict(), "passes": passes}, indent=2) + "\n")
+        atomic_write_text(out / "data_stats.json", json.dumps({**stats.to_dict(), "passes": passes,
+                                                               "prompt_format": prompt_format}, indent=2) + "\n")
         print(sft.describe_passes(passes), flush=True)
 
     mesh = make_mesh(cfg.mesh)
@@ -130,7 +149,9 @@ def train(cfg: TrainConfig) -> dict:
 
     ckpt = TrainCheckpointer(out / "checkpoints", every=cfg.checkpoint_every, keep=cfg.keep_checkpoints,
                              async_save=_async_checkpointing(cfg, mesh))
-    data_it = iter(sft.batches_dataset(examples, cfg.data, cfg.global_batch))
+    by_samples = cfg.batch_unit == "samples"
+    data_it = iter(sft.sample_batches(examples, cfg.data, cfg.global_batch) if by_samples
+                   else sft.batches_dataset(examples, cfg.data, cfg.global_batch))
     start = ckpt.latest_step() or 0
     if start:
         data_state, meta = ckpt.restore(start, model, optimizer)
@@ -149,10 +170,16 @@ def train(cfg: TrainConfig) -> dict:
         progress = tqdm(total=cfg.optim.total_steps, initial=start, desc="train", unit="step")
 
     last = None
+    shapes: dict[str, int] = {}  # steps per batch shape (accum × micro × row length) this process ran
     try:
         for step in range(start, cfg.optim.total_steps):
             t0 = time.perf_counter()
             rows = next(data_it)
+            if by_samples:  # a step's own row length (and, rarely, more micro-steps): the step compiles per shape
+                rows = sft.pack_step([examples[i] for i in rows], micro, cfg.data.seq_len, cfg.data.row_quantum)
+            accum = len(rows["inputs"]) // micro
+            shape = f"{accum}x{micro}x{rows['inputs'].shape[-1]}"
+            shapes[shape] = shapes.get(shape, 0) + 1
             digest = zlib.crc32(np.ascontiguousarray(rows["inputs"]).tobytes())
             batch = {k: _global_array(v.reshape(accum, micro, -1), in_sharding) for k, v in rows.items()}
             m = jax.device_get(step_fn(model, optimizer, batch))
@@ -165,6 +192,7 @@ def train(cfg: TrainConfig) -> dict:
                 "grad_norm": float(m["grad_norm"]),
                 "loss_tokens": int(m["loss_tokens"]),
                 "tokens": tokens,
+                "samples": int(rows["segment_ids"].max(axis=-1).sum()),  # segments are numbered 1… in each row
                 "packing_efficiency": tokens / rows["segment_ids"].size,
                 "step_time_s": dt,
                 "tokens_per_s": tokens / dt,
@@ -191,9 +219,10 @@ def train(cfg: TrainConfig) -> dict:
 
     export = out / "export"
     if not (export / "config.json").exists():
-        hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir)
+        hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir,
+                provenance=model_provenance(out, cfg.optim.total_steps, prompt_format))
     summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
-               "data": stats.to_dict(), "passes": passes, "accumulation": accum, "devices": jax.device_count(),
+               "data": stats.to_dict(), "passes": passes, "accumulation": accum, "step_shapes": shapes, "devices": jax.device_count(),
                "mesh": dict(mesh.shape), "memory": process_peak()}
     if writer:
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")

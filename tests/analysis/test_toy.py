@@ -106,3 +106,22 @@ def test_cli_writes_json_and_png(tmp_path, capsys):
     assert set(doc["curves"]) == {"teacher", "student"} and len(doc["temperatures"]) == 500
     assert (tmp_path / "toy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "8.32% at T=0.639" in capsys.readouterr().out
+
+
+def test_top_p_sweep_command_prints_and_plots_the_gaps(tmp_path, capsys):
+    """`ssd-jax toy --top-p`: App. C.4's sweep over the evaluation top-p (T_train 0.9, top-p 0.85 for training):
+    at 0.80 the paper's headline optima; every gap inside the paper's +1.4 … +5.4 pp, within rounding."""
+    from ssd_jax.cli import main
+
+    assert main(["toy", "--top-p", "0.80,0.85,0.90,0.95", "--out", str(tmp_path)]) == 0
+    sweep = json.loads((tmp_path / "toy_top_p.json").read_text())
+    assert sweep["varies"] == "p_eval" and [pt["p_eval"] for pt in sweep["points"]] == [0.80, 0.85, 0.90, 0.95]
+    head = sweep["points"][0]
+    assert round(head["teacher"]["success"] * 100, 2) == 8.32 and round(head["student"]["success"] * 100, 2) == 13.77
+    gaps = [pt["gap_pp"] for pt in sweep["points"]]
+    assert all(1.3 <= g <= 5.5 for g in gaps) and round(max(gaps), 1) == 5.4
+    assert (tmp_path / "toy_top_p.png").stat().st_size > 0
+    printed = capsys.readouterr().out
+    assert "the evaluation top-p varies" in printed and "gap +5.44 pp" in printed
+    assert main(["toy", "--top-p", "0.8,1.5", "--out", str(tmp_path)]) == 2
+    assert main(["toy", "--top-p", "high", "--out", str(tmp_path)]) == 2

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from ssd_jax.cli import main
-from ssd_jax.code import syntax_ok
+from ssd_jax.code import extract, syntax_ok
 from ssd_jax.config import FilterConfig
 from ssd_jax.data.filters import filter_samples, sft_records
 from ssd_jax.errors import ConfigError
@@ -136,6 +136,30 @@ def test_filter_cli_writes_three_files_and_rejects_bad_input(tmp_path, capsys):
     assert "samples.jsonl:2: missing field 'sample_idx'" in capsys.readouterr().err
     assert main(["filter", "--samples", str(samples), "--out", str(out), "--set", "colour=1"]) == 2
     assert "unknown key 'colour'" in capsys.readouterr().err
+
+
+def test_filter_stats_count_code_blocks_and_carry_the_prompt_format(tmp_path, capsys):
+    """App. C.5's statistic (samples with an extractable code block, under each extraction rule) and the samples'
+    prompt format, which the SFT records keep for `train` and the model's export."""
+    fenced, cut = "```python\nprint(1)\n```", "Here:\n```python\nprint(1)\n"  # the second: no closing fence
+    recs = [{**s(i, text), "prompt_format": "paper"} for i, text in enumerate([fenced, cut, GOOD])]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "filtered.jsonl"
+    assert main(["filter", "--samples", str(samples), "--out", str(out), "--set", "drop_single_line_stub=false"]) == 0
+    stats = json.loads((tmp_path / "filter_stats.json").read_text())
+    blocks = stats["code_block"]
+    assert blocks["samples"] == 3 and stats["prompt_format"] == "paper"
+    assert blocks["lcb"]["with_code_block"] == sum(bool(extract(r["response"], "lcb")) for r in recs)
+    assert blocks["mlssd"]["with_code_block"] == sum(bool(extract(r["response"], "mlssd")) for r in recs)
+    assert blocks["mlssd"]["share"] == pytest.approx(blocks["mlssd"]["with_code_block"] / 3)
+    assert {json.loads(line)["prompt_format"] for line in out.read_text().splitlines()} == {"paper"}
+    samples.write_text("".join(json.dumps({**r, "prompt_format": f}) + "\n" for r, f in zip(recs, ["paper",
+                                                                                                "released"])))
+    capsys.readouterr()
+    assert main(["filter", "--samples", str(samples), "--out", str(tmp_path / "f2.jsonl")]) == 2
+    assert "mix prompt formats paper, released" in capsys.readouterr().err
+    assert not (tmp_path / "f2.jsonl").exists()
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))

@@ -82,3 +82,45 @@ def test_prompt_section_is_the_prompt_config():
         is False
     default = from_dict(SampleConfig, {"prompt": {"system": "default"}}).prompt
     assert default.system_message == prompts.DEFAULT_SYSTEM and default.record()["system"] == prompts.DEFAULT_SYSTEM
+
+
+def test_a_prompt_format_names_both_stages_and_refuses_a_contradicting_setting():
+    import pytest
+
+    from ssd_jax.config import EvalConfig, RunConfig, SampleConfig, dump_yaml, from_dict, load_config
+    from ssd_jax.errors import ConfigError
+
+    paper = from_dict(RunConfig, {"prompt_format": "paper"})
+    for p in (paper.sample.prompt, paper.eval.prompt):  # one format for every query
+        assert (p.format, p.mode, p.template, p.system_message) == ("paper", "chat", "train", prompts.DEFAULT_SYSTEM)
+    rel = from_dict(RunConfig, {"prompt_format": "released"})
+    assert (rel.sample.prompt.mode, rel.sample.prompt.template) == ("raw", "train")  # ml-ssd's generator
+    assert (rel.eval.prompt.mode, rel.eval.prompt.template, rel.eval.prompt.system_message) == ("chat", "eval", None)
+    # the standalone stages take the key too, each its own half
+    assert from_dict(SampleConfig, {"prompt": {"format": "released"}}).prompt.mode == "raw"
+    assert from_dict(EvalConfig, {"prompt": {"format": "released"}}).prompt.template == "eval"
+    # a setting written beside a format must agree with it; agreeing ones (a dumped config) load back
+    with pytest.raises(ConfigError, match=r"^r\.yaml\.eval\.prompt\.system: prompt format 'released' sets system "
+                                          r"None for evaluation \(here 'default'\); drop system or set format: custom"):
+        from_dict(RunConfig, {"prompt_format": "released", "eval": {"prompt": {"system": "default"}}}, "r.yaml")
+    assert from_dict(EvalConfig, {"prompt": {"format": "paper", "mode": "chat"}}).prompt.format == "paper"
+    with pytest.raises(ConfigError, match=r"sample\.prompt\.format: set by `ssd-jax run` from the top-level "
+                                          r"`prompt_format`"):
+        from_dict(RunConfig, {"sample": {"prompt": {"format": "paper"}}}, "r.yaml")
+    custom = from_dict(RunConfig, {"sample": {"prompt": {"mode": "raw"}}})
+    assert custom.prompt_format == custom.sample.prompt.format == "custom" and custom.sample.prompt.mode == "raw"
+
+
+def test_recorded_formats_are_one_or_refused():
+    import pytest
+
+    from ssd_jax.errors import UserError
+
+    assert prompts.recorded_format([{"prompt_format": "paper"}, {"prompt_format": "paper"}], "x") == "paper"
+    assert prompts.recorded_format([{}, {}], "x") is None  # made before formats were recorded
+    with pytest.raises(UserError, match="f.jsonl mix prompt formats paper, released"):
+        prompts.recorded_format([{"prompt_format": "paper"}, {"prompt_format": "released"}], "f.jsonl")
+    prompts.check_trained_format(None, "paper", "m", "x")  # a model ssd-jax did not train: nothing to check
+    with pytest.raises(UserError, match="m was made under prompt format 'released', this run uses 'paper'; use "
+                                        "the same prompt format, or set it"):
+        prompts.check_trained_format("released", "paper", "m", "set it")

@@ -190,3 +190,41 @@ def test_empty_dataset_and_missing_model(setup, tmp_path, cli):
     code, err = cli(["train", "--config", str(cfg), "--set", f"model.path={tmp_path / 'nomodel'}",
                               "--set", f"out_dir={tmp_path / 'o2'}", *in_process])
     assert code == 2 and "nomodel" in err
+
+
+def test_batch_unit_samples_packs_each_step_and_the_export_records_the_prompt_format(setup, capsys):
+    """batch_unit samples: every step holds global_batch samples in micro_batch rows only as long as they need;
+    the SFT data's prompt format reaches the export, and `ssd-jax eval` under another format refuses it."""
+    root, cfg = setup
+    data = root / "sft-paper.jsonl"
+    data.write_text("".join(json.dumps({**r, "prompt_format": "paper"}) + "\n" for r in sft_records()))
+    out = root / "S"
+    run_cli(cfg, out, "--set", f"data.train_file={data}", "--set", "batch_unit=samples", "--set", "global_batch=5",
+            "--set", "data.row_quantum=16", "--set", "data.seq_len=512", "--set", "optim.total_steps=4",
+            "--set", "optim.warmup_steps=1")
+    m = metrics(out)
+    assert [r["samples"] for r in m] == [5] * 4
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["passes"]["samples_trained"] == 20 and summary["passes"]["passes"] == pytest.approx(20 / 40)
+    # one micro-step of 2 rows, each a multiple of 16 tokens and far shorter than seq_len 512
+    lengths = [int(k.split("x")[2]) for k in summary["step_shapes"]]
+    assert sum(summary["step_shapes"].values()) == 4 and all(k.startswith("1x2x") for k in summary["step_shapes"])
+    assert all(n % 16 == 0 and n < 512 for n in lengths)
+    assert all(r["tokens"] / r["packing_efficiency"] <= 2 * max(lengths) for r in m)
+    assert json.loads((out / "data_stats.json").read_text())["prompt_format"] == "paper"
+    assert json.loads((out / "export" / "ssd_jax.json").read_text())["prompt_format"] == "paper"
+    # data made under another format than the one the config asks for: refused before any work
+    assert main(["train", "--config", str(cfg), "--set", f"out_dir={root / 'T'}", "--set", f"data.train_file={data}",
+                 "--set", "data.prompt_format=released", "--set", "mesh.fsdp=-1", "--set", "global_batch=8",
+                 "--set", "micro_batch=8"]) == 2
+    assert "prompt format 'paper', this run uses 'released'" in capsys.readouterr().err
+    assert not (root / "T" / "config.yaml").exists()  # (the folder holds only the run lock)
+    base = ["eval", "--set", f"model.path={out / 'export'}", "--set", "problems.limit=1", "--set", "decode.n=1",
+            "--set", "decode.max_tokens=2", "--set", "ks=[1]", "--set", "progress=false", "--set", "bootstrap=0"]
+    assert main(base + ["--set", f"out_dir={root / 'E1'}", "--set", "prompt.format=released"]) == 2
+    err = capsys.readouterr().err
+    assert "was made under prompt format 'paper', this run uses 'released'" in err and "allow_other_format" in err
+    assert [p.name for p in (root / "E1").iterdir()] == [".ssd-jax.lock"]
+    assert main(base + ["--set", f"out_dir={root / 'E2'}", "--set", "prompt.format=released",
+                        "--set", "prompt.allow_other_format=true"]) == 0
+    assert main(base + ["--set", f"out_dir={root / 'E3'}", "--set", "prompt.format=paper"]) == 0
