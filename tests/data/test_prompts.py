@@ -87,7 +87,7 @@ def test_prompt_section_is_the_prompt_config():
 def test_a_prompt_format_names_both_stages_and_refuses_a_contradicting_setting():
     import pytest
 
-    from ssd_jax.config import EvalConfig, RunConfig, SampleConfig, dump_yaml, from_dict, load_config
+    from ssd_jax.config import EvalConfig, RunConfig, SampleConfig, from_dict
     from ssd_jax.errors import ConfigError
 
     paper = from_dict(RunConfig, {"prompt_format": "paper"})
