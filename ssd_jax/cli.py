@@ -157,6 +157,19 @@ def cmd_baselines(args) -> int:
     return 0 if rows else 1
 
 
+def cmd_sweep(args) -> int:
+    from ssd_jax.config import EvalConfig, load_config
+    from ssd_jax.sweep import parse_models, run_sweep
+
+    cfg = load_config(EvalConfig, args.config, args.set or [])
+    models, temps = parse_models(args.model or []), _floats(args.temps, "--temps")
+    with run_lock.hold(args.out, "ssd-jax sweep"):
+        run_sweep(cfg, models, temps, args.out)
+    print((Path(args.out) / "sweep.md").read_text())
+    print(f"wrote {args.out}/sweep.json and {args.out}/sweep.png")
+    return 0
+
+
 def cmd_run(args) -> int:
     from ssd_jax.config import RunConfig, load_config
     from ssd_jax.pipeline import run_pipeline, run_root
@@ -347,6 +360,15 @@ def _add_pipeline_commands(sub) -> None:
     bl.add_argument("--ssd-model", help="HF directory of the SSD model to compare against")
     bl.add_argument("--out", required=True, help="output folder (one eval run per setting + baselines.md)")
     bl.set_defaults(fn=cmd_baselines)
+
+    sw = sub.add_parser("sweep", help="models × T_eval grid (the paper's Figs 3, 9-11): one eval per point, "
+                                      "sweep.md and the grid figure")
+    _config_args(sw, "EvalConfig: problems, grader, n, the truncation (top-k/top-p) every point keeps")
+    sw.add_argument("--model", action="append", metavar="LABEL=PATH",
+                    help="a model and its row label (repeat: the base model and SSD models at several T_train)")
+    sw.add_argument("--temps", required=True, help="comma-separated evaluation temperatures, e.g. 0.4,0.8,1.2")
+    sw.add_argument("--out", required=True, help="output folder (LABEL/T<t>/ per point, sweep.json/md/png)")
+    sw.set_defaults(fn=cmd_sweep)
 
     r = sub.add_parser("run", help="the SSD pipeline: (base eval) then per round sample → filter → train → eval")
     _config_args(r, "RunConfig, e.g. configs/smollm2-135m-humaneval.yaml", required=True)
