@@ -359,7 +359,7 @@ def filter_round(rc: RoundConfigs, rd: Path, man: Manifest) -> None:
                         f"{ {k: v for k, v in stats['by_reason'].items() if v} }; sampling finish reasons "
                         f"{reasons}; a prompt longer than sample.max_prompt_len ends as prompt_too_long)")
     man.set(st, "done", kept=stats["kept"], total=stats["total"], by_reason=stats["by_reason"],
-            memory=filter_memory)
+            code_block=stats.get("code_block"), memory=filter_memory)
 
 
 def select_round(cfg: RunConfig, rd: Path, final: str, man: Manifest, stages: Stages) -> str:

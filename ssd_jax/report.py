@@ -48,6 +48,9 @@ def _round_lines(r: int, stages: dict) -> list[str]:
     if flt.get("status") == "done":
         dropped = {k: v for k, v in flt["by_reason"].items() if v}
         lines.append(f"- filter: kept {flt['kept']} of {flt['total']} samples (dropped: {dropped or 'none'})")
+        if flt.get("code_block"):  # App. C.5: how many samples hold code the evaluator can extract
+            shares = ", ".join(f"{rule} {v['share']:.1%}" for rule, v in flt["code_block"].items() if rule != "samples")
+            lines.append(f"- samples with an extractable code block (App. C.5): {shares}")
     if tr.get("status") == "done" and tr.get("final"):
         lines.append(f"- train: {tr['final']['step']} steps, final loss {tr['final']['loss']:.4f} "
                      f"([metrics](round-{r}/train/metrics.jsonl))")

@@ -66,6 +66,10 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     assert stages["round-2/analyze"]["positions"] == fl["labels"]["positions"] > 0
     report = (out / "report.md").read_text()
     assert "| base | pass@1" in report and "| round 2 | pass@1" in report and "fork/lock" in report
+    # App. C.5's statistic per round: the share of samples with an extractable code block, each extraction rule
+    blocks = man["stages"]["round-1/filter"]["code_block"]
+    assert blocks == json.loads((out / "round-1" / "filter_stats.json").read_text())["code_block"]
+    assert f"mlssd {blocks['mlssd']['share']:.1%}" in report and "extractable code block (App. C.5)" in report
     # Passes over the data that global_batch × total_steps implies, packed: in the manifest, the report, the output.
     passes = stages["round-1/train"]["passes"]
     assert passes["rows_trained"] == 2 * 2 and passes["passes"] == pytest.approx(4 / passes["rows_per_pass"])
