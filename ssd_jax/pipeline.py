@@ -36,7 +36,7 @@ from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text, replace_dir
 from ssd_jax.presets import PRESETS
 from ssd_jax.report import write_report
-from ssd_jax.sampling.stage import run_sample
+from ssd_jax.sampling.stage import check_problem_source, run_sample
 from ssd_jax.train.checkpoint import TrainCheckpointer
 from ssd_jax.train.export import export_checkpoint
 from ssd_jax.train.loop import train
@@ -73,6 +73,15 @@ class Manifest:
 
     def set(self, stage: str, status: str, **info) -> None:
         self.doc["stages"][stage] = {"status": status, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **info}
+        self.save()
+
+    def fail_running(self, error: BaseException) -> None:
+        """Every stage still `running` becomes `failed`, with the error that stopped it."""
+        text = str(error) or type(error).__name__
+        for stage, info in self.doc["stages"].items():
+            if info.get("status") == "running":
+                self.doc["stages"][stage] = {**info, "status": "failed", "error": f"{type(error).__name__}: {text}",
+                                             "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
         self.save()
 
     def done(self, stage: str) -> bool:
@@ -268,6 +277,16 @@ def check_run(cfg: RunConfig) -> None:
         check_ks(cfg.eval.ks, base_eval_decode(cfg).n, "eval.ks", key)
     if not cfg.model.path:
         raise ConfigError("model.path: required (an HF directory, a hub id, or bundled:smollm2-135m)")
+    # every input a stage reads: here, before the first stage
+    check_problem_source(cfg.sample.problems, "sample.problems")
+    check_problem_source(cfg.eval.problems, "eval.problems")
+    if cfg.select.heldout is not None:
+        check_problem_source(cfg.select.heldout, "select.heldout")
+    local = Path(cfg.model.path)
+    if not cfg.model.path.startswith("bundled:") and (local.exists() or cfg.model.path.count("/") != 1):
+        if not (local / "config.json").exists():
+            raise UserError(f"model.path {cfg.model.path!r}: not an HF model directory (no config.json there); "
+                            f"expected a directory, a hub id (org/name) or bundled:smollm2-135m")
 
 
 def run_root(cfg: RunConfig) -> Path:
@@ -288,11 +307,20 @@ def run_pipeline(cfg: RunConfig) -> dict:
     if distributed.is_writer():
         dump_yaml(cfg, root / "config.yaml")
     man = Manifest(root / "manifest.json", cfg)
+    try:
+        return _run_stages(cfg, root, man, stages)
+    except BaseException as e:  # the manifest says which stage failed and why; a rerun starts that stage again
+        man.fail_running(e)
+        raise
+
+
+def _run_stages(cfg: RunConfig, root: Path, man: Manifest, stages: Stages) -> dict:
     results: dict = {"run": str(root), "rounds": []}
     if cfg.eval_base:
         man.set("base-eval", "running")
         doc = stages.eval(base_eval_config(cfg, root))
         man.set("base-eval", "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
+                decode=doc.get("decode"), truncated=doc.get("truncated"),
                 memory=stages.memory)
         results["base"] = doc["metrics"]["overall"]
     start = cfg.model.path
@@ -332,6 +360,7 @@ def run_round(cfg: RunConfig, root: Path, r: int, start: str, man: Manifest, sta
         man.set(st, "running", model=export)
         doc = stages.eval(eval_config(cfg, export, rd / "eval"))
         man.set(st, "done", overall=doc["metrics"]["overall"], problems=doc.get("problems"),
+                decode=doc.get("decode"), truncated=doc.get("truncated"),
                 memory=stages.memory)
     step = man.doc["stages"].get(f"round-{r}/select", {}).get("step", "final")
     passes = man.doc["stages"][f"round-{r}/train"].get("passes")

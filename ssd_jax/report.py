@@ -31,15 +31,27 @@ def _pass_cells(overall: dict) -> str:
 
 
 def _evaluations(stages: dict) -> list[tuple[str, dict, str]]:
-    """(name, overall metrics, chart path) for the base model and each evaluated round."""
+    """(name, its eval stage's manifest entry, chart path) for the base model and each evaluated round."""
     out = []
     if "overall" in stages.get("base-eval", {}):
-        out.append(("base", stages["base-eval"]["overall"], "base-eval/pass_at_k.png"))
+        out.append(("base", stages["base-eval"], "base-eval/pass_at_k.png"))
     for r in _rounds(stages):
         ev = stages.get(f"round-{r}/eval", {})
         if "overall" in ev:
-            out.append((f"round {r}", ev["overall"], f"round-{r}/eval/pass_at_k.png"))
+            out.append((f"round {r}", ev, f"round-{r}/eval/pass_at_k.png"))
     return out
+
+
+def _decoding(ev: dict) -> str:
+    """How an evaluation sampled (T, top-k, top-p, max tokens, its preset) and how many answers the cap cut."""
+    d = ev.get("decode")
+    if not d:
+        return "?"
+    text = f"T {d['temperature']:g}, top-k {d['top_k']}, top-p {d['top_p']:g}, {d['max_tokens']:,} tokens"
+    if d.get("preset"):
+        text += f" ({d['preset']})"
+    cut = ev.get("truncated")
+    return text + (f"; {cut['share']:.1%} cut at max_tokens" if cut else "")
 
 
 def _round_lines(r: int, stages: dict) -> list[str]:
@@ -70,9 +82,12 @@ def write_report(root: Path, manifest: dict) -> None:
     """report.md (tables and links) and report.png (the same numbers as four charts)."""
     stages = manifest["stages"]
     evals = _evaluations(stages)
-    lines = [f"# SSD run report: {root.name}", "", "![summary](report.png)", "",
-             "| model | evaluation | chart |", "|---|---|---|"]
-    lines += [f"| {name} | {_pass_cells(o)} | [pass@k]({chart}) |" for name, o, chart in evals]
+    lines = [f"# SSD run report: {root.name}", "",
+             f"commit {manifest.get('git_commit') or '?'}; jax {manifest.get('versions', {}).get('jax', '?')}; "
+             f"host {manifest.get('host', '?')}", "", "![summary](report.png)", "",
+             "| model | evaluation | decoding | chart |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_pass_cells(ev['overall'])} | {_decoding(ev)} | [pass@k]({chart}) |"
+              for name, ev, chart in evals]
     for r in _rounds(stages):
         lines += _round_lines(r, stages)
     plot_report(root, stages, root / "report.png")
@@ -99,7 +114,7 @@ def plot_report(root: Path, stages: dict, path: Path) -> None:
     from ssd_jax.figures import new_figure, save_figure
 
     fig, axes = new_figure(ncols=4, figsize=(17, 3.6))
-    evals = _evaluations(stages)
+    evals = [(name, ev["overall"], chart) for name, ev, chart in _evaluations(stages)]
     ks = _ks(evals[0][1]) if evals else []
     for j, k in enumerate(ks):
         xs = np.arange(len(evals)) + (j - (len(ks) - 1) / 2) * 0.8 / len(ks)

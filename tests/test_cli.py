@@ -39,3 +39,18 @@ def test_console_script_exit_code(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'missing'}: model directory does not exist"
+
+
+def test_version_and_every_command_help_opens_with_its_description(capsys):
+    import pytest
+
+    from ssd_jax.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.startswith("ssd-jax 0.")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    listed = {a.dest: a.help for a in sub._choices_actions}
+    assert {"eval", "sweep", "toy", "plan", "run", "parity"} <= set(listed)
+    for name, line in listed.items():
+        assert line and sub.choices[name].description == line, name

@@ -24,7 +24,34 @@ from ssd_jax.memory import process_peak
 from ssd_jax.sampling.types import Sampler
 
 
+# Where each dataset kind comes from (the user downloads it; nothing here fetches it).
+DATASETS = {
+    "rstar": ("microsoft/rStar-Coder (its seed_sft subset)",
+              "huggingface-cli download microsoft/rStar-Coder --repo-type dataset --include 'seed_sft/*' "
+              "--local-dir data/rStar-Coder"),
+    "lcb": ("livecodebench/code_generation_lite (its test*.jsonl files)",
+            "huggingface-cli download livecodebench/code_generation_lite --repo-type dataset --include 'test*.jsonl' "
+            "--local-dir data/code_generation_lite"),
+}
+
+
+def check_problem_source(src: ProblemSource, key: str) -> None:
+    """Refuse a problem path that is not there, naming the key, the dataset and how to get it: a run finds out
+    before its first stage, not hours later."""
+    if src.kind == "humaneval" and not src.path:
+        return
+    if not src.path:
+        raise ConfigError(f"{key}.path: required for kind {src.kind!r}")
+    if not Path(src.path).exists():
+        dataset, command = DATASETS.get(src.kind, (None, None))
+        hint = f"; expected the {dataset} dataset, e.g.: {command}" if dataset else ""
+        raise UserError(f"{key}.path {src.path!r}: does not exist (relative to {Path.cwd()}){hint}")
+    if src.decontaminate_against and not Path(src.decontaminate_against).exists():
+        raise UserError(f"{key}.decontaminate_against {src.decontaminate_against!r}: does not exist")
+
+
 def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
+    check_problem_source(src, "problems")
     report: dict = {"kind": src.kind, "path": src.path}
     if src.kind == "rstar":
         probs, rep = P.load_rstar_seed_sft(src.path, passed_only=src.passed_only, dedup=src.dedup)
@@ -35,8 +62,6 @@ def load_problems(src: ProblemSource) -> tuple[list[P.Problem], dict]:
     elif src.kind == "humaneval":
         probs = P.load_humaneval(src.path or None)
     else:
-        if not src.path:
-            raise ConfigError("problems.path: required for kind 'jsonl'")
         probs = P.load_jsonl(src.path)
     if src.decontaminate_against:
         ref = Path(src.decontaminate_against)

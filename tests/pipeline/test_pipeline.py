@@ -66,6 +66,13 @@ def test_run_two_rounds_then_rerun_skips(setup, capsys):
     assert stages["round-2/analyze"]["positions"] == fl["labels"]["positions"] > 0
     report = (out / "report.md").read_text()
     assert "| base | pass@1" in report and "| round 2 | pass@1" in report and "fork/lock" in report
+    # each pass@k row says how it was sampled (the greedy preset here, 12 tokens) and the commit it ran at
+    base_row = next(line for line in report.splitlines() if line.startswith("| base |"))
+    assert "12 tokens (greedy)" in base_row and "cut at max_tokens" in base_row
+    assert f"commit {man['git_commit']}" in report
+    # each pass@k row says how it was sampled (base: greedy preset here, 12 tokens) and the commit it ran at
+    assert "| T 0, top-k 0, top-p 1, 12 tokens (greedy)" in report or "(greedy)" in report
+    assert f"commit {man['git_commit']}" in report
     # App. C.5's statistic per round: the share of samples with an extractable code block, each extraction rule
     blocks = man["stages"]["round-1/filter"]["code_block"]
     assert blocks == json.loads((out / "round-1" / "filter_stats.json").read_text())["code_block"]
@@ -176,3 +183,32 @@ def test_checkpoint_selection_needs_the_checkpoints_kept(setup, cli):
     code, err = cli(["run", "--config", str(cfg), "--set", f"out_dir={root / 'run-bad'}",
                      "--set", "select.protocol=best_on_eval", "--set", "train.keep_checkpoints=1"])
     assert code == 2 and "keep_checkpoints" in err
+
+
+def test_a_missing_dataset_is_refused_before_any_stage(setup, capsys):
+    root, cfg = setup
+    out = root / "missing"
+    t0 = time.monotonic()
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "sample.problems.kind=rstar",
+                 "--set", "sample.problems.path=data/no-such/seed_sft"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 10
+    assert "sample.problems.path 'data/no-such/seed_sft': does not exist" in err
+    assert "microsoft/rStar-Coder" in err and "huggingface-cli download microsoft/rStar-Coder" in err
+    assert not (out / "manifest.json").exists()
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "eval.problems.path=nowhere/lcb"]) == 2
+    err = capsys.readouterr().err
+    assert "eval.problems.path 'nowhere/lcb'" in err and "livecodebench/code_generation_lite" in err
+
+
+def test_a_failed_stage_is_recorded_as_failed_with_its_error(setup, capsys):
+    root, cfg = setup
+    out = root / "fails"
+    # every SFT example longer than seq_len and dropped: the train stage has nothing to train on
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "rounds=1", "--set", "eval_base=false",
+                 "--set", "train.data.seq_len=4", "--set", "train.data.too_long=drop"]) == 2
+    assert "no SFT example is usable" in capsys.readouterr().err
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert stages["round-1/sample"]["status"] == stages["round-1/filter"]["status"] == "done"
+    assert stages["round-1/train"]["status"] == "failed"
+    assert stages["round-1/train"]["error"].startswith("UserError: no SFT example is usable")
