@@ -394,7 +394,7 @@ def _add_pipeline_commands(sub) -> None:
                                      "FLOPs, collectives, kernels, step time, verdict")
     _config_args(pl, "RunConfig (configs/<model>.yaml) or TrainConfig", required=True)
     pl.add_argument("--devices", type=int, default=8, help="devices in the mesh (default 8)")
-    pl.add_argument("--device-kind", default="b200", choices=["b200", "h200", "h100", "tpu-v5p"],
+    pl.add_argument("--device-kind", choices=["b200", "h200", "h100", "tpu-v5p"],
                     help="the GPU to compile for (its XLA target description) and to judge HBM, peak FLOP/s and link "
                          "bandwidth against (default b200; tpu-v5p is planned on simulated CPU devices only)")
     pl.add_argument("--simulate-cpu", action="store_true",
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             from ssd_jax.plan import DEVICE_KINDS, use_simulated_devices
 
-            if args.simulate_cpu or not DEVICE_KINDS[args.device_kind].gpu_target:
+            if args.simulate_cpu or not DEVICE_KINDS[args.device_kind or "b200"].gpu_target:
                 use_simulated_devices(args.devices)  # before anything starts a JAX backend
         elif args.command not in ("bundle", "run"):  # `run` joins only when its stages run in its own process
             from ssd_jax import distributed

@@ -279,9 +279,10 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
     }
 
 
-def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str, Any]:
+def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind, devices: int) -> dict[str, Any]:
     """Weights and KV cache of the sampling and evaluation stages per engine (vLLM: `vllm.tensor_parallel_size`
-    devices at `vllm.gpu_memory_utilization`; the JAX sampler: one device, `batch_size` full-length rows)."""
+    devices at `vllm.gpu_memory_utilization`; the JAX sampler: one device, `batch_size` full-length rows), and
+    whether the stage's engines (vLLM: `replicas` × `tensor_parallel_size` GPUs) find that many devices."""
     from ssd_jax.models import hf
 
     mcfg = hf.model_config(model_dir)
@@ -298,22 +299,67 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind) -> dict[str
         per_seq = kv_per_token * seq
         concurrent = max(0.0, (budget - weights) // per_seq)
         need = weights + (per_seq if vllm else per_seq * stage.batch_size)
+        engines = stage.vllm.replicas if vllm else 1
         out["stages"][name] = {
-            "backend": stage.backend, "devices_per_engine": gpus, "max_seq_tokens": seq,
+            "backend": stage.backend, "devices_per_engine": gpus, "engines": engines,
+            "devices_needed": engines * gpus, "max_seq_tokens": seq,
             "kv_bytes_per_sequence": float(per_seq), "full_length_sequences_that_fit": int(concurrent),
-            "batch_size": stage.batch_size, "bytes_needed": float(need), "fits": need <= budget,
+            "batch_size": stage.batch_size, "bytes_needed": float(need),
+            "fits": need <= budget and engines * gpus <= devices,
         }
     out["fits"] = all(s["fits"] for s in out["stages"].values())
     return out
 
 
-def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config: str | None = None,
-         hbm_gb: float | None = None, simulate_cpu: bool = False) -> dict:
-    """The whole report (JSON-ready): the train step compiled for `devices` of `device_kind` by XLA's GPU compiler
-    (or, `simulate_cpu`, for as many simulated CPU devices); `hbm_gb` judges against that much memory instead of
-    the kind's."""
+def alternatives(cfg: TrainConfig, train: dict, devices: int, hbm_bytes: float) -> list[tuple[str, float]]:
+    """Settings near `cfg` that should need less memory, with the peak arithmetic expects for each (the compiled
+    peak's activations scale with the rows a micro-step holds; full remat keeps about one residual per layer of the
+    temp that save_dots or none keep), nearest to fitting first: (a --set override, estimated peak bytes)."""
+    m = train["memory_per_device"]
+    fixed = m["peak"] - m["temp"]  # parameters, optimizer state, batch: what a smaller micro-step does not shrink
+    micro = train["shapes"]["micro_batch"]
+    ways = math.prod(v for k, v in train["mesh"].items() if k in ("data", "fsdp", "expert"))
+    out = []
+    m_try = micro
+    while m_try // 2 >= ways and (m_try // 2) % ways == 0:
+        m_try //= 2
+        out.append((f"train.micro_batch={m_try}", fixed + m["temp"] * m_try / micro))
+    if cfg.model.remat != "full":
+        out.append(("model.remat=full", fixed + m["temp"] / 3))  # a rough third: one residual kept of ~3 per layer
+    limit = USABLE_HBM_FRACTION * hbm_bytes
+    return sorted(out, key=lambda a: (a[1] > limit, -a[1] if a[1] <= limit else a[1]))
+
+
+def _refit(cfg: RunConfig, devices: int, kind: DeviceKind, model_dir: Path, simulate_cpu: bool,
+           train_cfg: TrainConfig, train: dict) -> list[dict]:
+    """When the train step does not fit: compile up to three of `alternatives` (nearest first) and report each
+    one's compiled peak, stopping at the first that fits."""
+    from ssd_jax.config import apply_overrides, to_dict
     from ssd_jax.pipeline import round_configs
 
+    tried = []
+    for override, estimate in alternatives(train_cfg, train, devices, kind.hbm_bytes)[:3]:
+        # the override on the run config (its model section is every stage's), then what training is given
+        alt_cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), [override]), "plan alternative")
+        alt_train = round_configs(alt_cfg, Path(alt_cfg.out_dir), 1, alt_cfg.model.path).train
+        t = plan_train(alt_train, model_dir, devices, kind, simulate_cpu)
+        tried.append({"set": override, "estimated_peak": estimate, "compiled_peak": t["memory_per_device"]["peak"],
+                      "fits": t["fits"], "step_s": t["time"]["step_s"]})
+        if t["fits"]:
+            break
+    return tried
+
+
+def plan(cfg: RunConfig, devices: int = 8, device_kind: str | None = None, hf_config: str | None = None,
+         hbm_gb: float | None = None, simulate_cpu: bool = False, suggest: bool = True) -> dict:
+    """The whole report (JSON-ready): the train step compiled for `devices` of `device_kind` (default b200) by
+    XLA's GPU compiler (or, `simulate_cpu`, for as many simulated CPU devices); `hbm_gb` judges against that much
+    memory instead of the kind's. When the step does not fit (and `suggest`), the nearest settings that should are
+    compiled too (at most three) and reported with their peaks."""
+    from ssd_jax.pipeline import round_configs
+
+    kind_source = "--device-kind" if device_kind else "the default (--device-kind to choose)"
+    device_kind = device_kind or "b200"
     if device_kind not in DEVICE_KINDS:
         raise ConfigError(f"--device-kind {device_kind!r}: expected one of {', '.join(DEVICE_KINDS)}")
     kind = DEVICE_KINDS[device_kind]
@@ -323,12 +369,16 @@ def plan(cfg: RunConfig, devices: int = 8, device_kind: str = "b200", hf_config:
         kind = replace(kind, hbm_bytes=hbm_gb * GB)
     model_dir = hf_config_dir(cfg.model.path, hf_config)
     train_cfg = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path).train  # what the run's training is given
+    train = plan_train(train_cfg, model_dir, devices, kind, simulate_cpu)
     report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
-              "device_kind": device_kind,
+              "device_kind": device_kind, "device_kind_source": kind_source,
               "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
-              "train": plan_train(train_cfg, model_dir, devices, kind, simulate_cpu),
-              "sampling": plan_sampling(cfg, model_dir, kind)}
-    report["fits"] = report["train"]["fits"] and report["sampling"]["fits"]
+              "train": train, "sampling": plan_sampling(cfg, model_dir, kind, devices),
+              "total_train_s": train["time"]["step_s"] * train_cfg.optim.total_steps,
+              "total_steps": train_cfg.optim.total_steps}
+    report["alternatives"] = [] if train["fits"] or not suggest else _refit(cfg, devices, kind, model_dir,
+                                                                            simulate_cpu, train_cfg, train)
+    report["fits"] = train["fits"] and report["sampling"]["fits"]
     return report
 
 
@@ -357,7 +407,7 @@ def format_report(r: dict) -> str:
     lines = [
         f"plan: {r['config']} — {r['model_path']} ({t['model']['architecture']}, {t['model']['params']:,} params)",
         f"judged for {r['devices']} × {k['name']} ({hbm / GB:.0f} GB HBM, {k['peak_flops'] / 1e12:.0f} TFLOP/s bf16, "
-        f"{k['link_bytes_per_s'] / GB:.0f} GB/s link; --device-kind {r['device_kind']})",
+        f"{k['link_bytes_per_s'] / GB:.0f} GB/s link; {r['device_kind']} from {r.get('device_kind_source', '?')})",
         f"compiled by {c['compiler']} for {c['devices']} in {t['compile_s']:.0f} s, mesh {t['mesh']}: "
         f"{c['evidence']}",
         _step_line(t["shapes"]) + f"; options {t['options']}",
@@ -390,15 +440,23 @@ def format_report(r: dict) -> str:
         f"implied step time {tm['step_s']:.2f} s = compute at peak {tm['compute_s']:.2f} s + collectives at link "
         f"bandwidth {tm['collectives_s']:.2f} s (no overlap); MFU at that time {tm['mfu']:.1%} (remat and "
         f"exposed collectives are what keeps it under 100%)",
+        f"{r['total_steps']:,} steps × {tm['step_s']:.2f} s ≈ {r['total_train_s'] / 3600:.1f} h of training per round "
+        f"at that step time (a lower bound: sampling, evaluation and checkpoints come on top)",
         f"train fits: {'yes' if t['fits'] else 'NO'}",
+        *[f"  instead: --set {a['set']}: compiled peak {_gib(a['compiled_peak'])} of {_gib(hbm)} "
+          f"({a['compiled_peak'] / hbm:.0%}; arithmetic expected {_gib(a['estimated_peak'])}) → "
+          f"{'fits' if a['fits'] else 'does not fit'}" for a in r.get("alternatives", [])],
         "",
         f"sampling: weights {_gib(s['weights_bf16'])} bf16, KV {s['kv_bytes_per_token'] / 2**10:.0f} KiB per token",
     ]
     for name, st in s["stages"].items():
+        short = st["devices_needed"] > r["devices"]
         lines.append(f"  {name:<6} {st['backend']:<5} {st['max_seq_tokens']:>7} tokens/seq: KV "
                      f"{_gib(st['kv_bytes_per_sequence'])} per sequence, {st['full_length_sequences_that_fit']} "
-                     f"full-length sequences fit per engine of {st['devices_per_engine']} device(s); fits: "
-                     f"{'yes' if st['fits'] else 'NO'}")
+                     f"full-length sequences fit per engine of {st['devices_per_engine']} device(s); "
+                     f"{st['engines']} engine(s) need {st['devices_needed']} of {r['devices']} devices; fits: "
+                     f"{'yes' if st['fits'] else 'NO'}" + (" (too few devices for its engines: set vllm.replicas)"
+                                                           if short else ""))
     lines.append(f"verdict: {'FITS' if r['fits'] else 'DOES NOT FIT'}")
     return "\n".join(lines)
 

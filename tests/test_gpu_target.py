@@ -263,3 +263,18 @@ def test_a_large_sort_compiles_deviceless_only_with_the_deviceless_options():
     lowered.compile(compiler_options=gpu_targets.compiler_options(devs))
     with pytest.raises(Exception, match="cudaErrorInvalidDevice"):
         lowered.compile()
+
+
+def test_plan_offers_the_setting_that_fits_qwen3_4b_on_four_h100():
+    """The paper's Qwen3-4B config on 4 × H100: 8 rows of 65,536 tokens a micro-step (2 per device) do not fit;
+    `plan` compiles the nearest alternatives and finds one that does."""
+    from pathlib import Path
+
+    from ssd_jax import plan
+
+    cfg = plan.load_plan_config(Path(__file__).resolve().parents[1] / "configs" / "qwen3-4b-instruct-2507.yaml")
+    r = plan.plan(cfg, devices=4, device_kind=H100)
+    assert not r["train"]["fits"] and r["device_kind_source"] == "--device-kind"
+    assert r["alternatives"] and r["alternatives"][-1]["fits"]
+    printed = plan.format_report(r)
+    assert f"instead: --set {r['alternatives'][-1]['set']}" in printed and "→ fits" in printed

@@ -93,3 +93,34 @@ def test_hf_config_comes_from_the_shipped_copy():
     assert plan.hf_config_dir("Qwen/Qwen3-30B-A3B-Instruct-2507") == plan.HF_CONFIGS / "Qwen3-30B-A3B-Instruct-2507"
     with pytest.raises(Exception, match="no config.json"):
         plan.hf_config_dir("someone/unknown-model")
+
+
+def test_a_step_that_does_not_fit_gets_the_nearest_setting_that_does(tiny_dir, cli, tmp_path):
+    """Judged against less memory than the step needs, `plan` compiles the nearest alternatives (a smaller
+    micro-batch first) and reports each one's compiled peak; the one that fits is printed as --set."""
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(json.dumps({**TINY, "mesh": {"fsdp": 2, "tensor": 4}, "model": {"path": str(tiny_dir("qwen3_tied"))}}))
+    out = tmp_path / "plan.json"
+    assert cli(["plan", "--config", str(cfg), "--out", str(out), "--simulate-cpu"])[0] == 0
+    full = json.loads(out.read_text())
+    assert full["alternatives"] == [] and full["device_kind_source"].startswith("the default")
+    m = full["train"]["memory_per_device"]
+    # room for the parameters, optimizer and batch and half the activations: micro-batch 4 (of 8) should fit
+    hbm = (m["peak"] - m["temp"] * 0.4) / plan.USABLE_HBM_FRACTION
+    code, err = cli(["plan", "--config", str(cfg), "--out", str(out), "--simulate-cpu", "--hbm-gb", str(hbm / 1e9)])
+    assert code == 1, err  # the config as written still does not fit
+    r = json.loads(out.read_text())
+    alts = r["alternatives"]
+    assert alts and alts[0]["set"] == "train.micro_batch=4" and alts[-1]["fits"]
+    assert alts[0]["compiled_peak"] < m["peak"]
+    printed = plan.format_report(r)
+    assert "instead: --set train.micro_batch=4" in printed and "→ fits" in printed
+    assert f"{r['total_steps']:,} steps ×" in printed and "h of training per round" in printed
+
+
+def test_the_vllm_stage_needs_a_device_per_engine():
+    cfg = plan.load_plan_config(plan.HF_CONFIGS.parents[0] / "qwen3-30b-a3b-instruct-2507.yaml")
+    model_dir = plan.hf_config_dir(cfg.model.path)
+    one = plan.plan_sampling(cfg, model_dir, plan.DEVICE_KINDS["b200"], devices=1)
+    assert one["stages"]["sample"]["devices_needed"] == 8 and not one["fits"]  # 8 replicas of one GPU each
+    assert plan.plan_sampling(cfg, model_dir, plan.DEVICE_KINDS["b200"], devices=8)["fits"]

@@ -462,7 +462,9 @@ def test_namespaces_read_only_view_without_mount_setattr(fresh_probes, monkeypat
     """Kernels before 5.12 lack mount_setattr: the bootstrap then remounts each mount read-only; same barrier."""
     monkeypatch.setattr(barrier, "_FORCE_LEGACY_RO", True)
     assert namespace_support() is not None  # the probe passes this way too
-    r = run_python(f"open({str(Path(__file__).parent / 'escape')!r}, 'w')\n", isolation="namespaces")
+    # the interpreter's own prefix: visible read-only in the sandbox wherever the checkout and venv live (a private
+    # /tmp hides a test file of a checkout under /tmp, but the interpreter's folders are bound back)
+    r = run_python(f"open({str(Path(sys.prefix) / 'escape')!r}, 'w')\n", isolation="namespaces")
     assert r.returncode == 1 and "Read-only file system" in r.stderr
 
 

@@ -152,7 +152,7 @@ LOOK = src("""
     print("procs", sorted(int(p) for p in os.listdir("/proc") if p.isdigit()) == sorted([1, os.getpid()]))
     print("env", os.environ.get("SSD_LEAK"), os.environ.get("SSD_LEAK2"), os.getenv("SSD_LEAK2"))
     print("json", json.dumps([1]))
-    print("tmp", sorted(os.listdir("/tmp")) == [os.path.basename(os.path.dirname(os.getcwd()))])
+    print("tmp", sorted(os.listdir("/tmp")) == sorted({{os.path.basename(os.path.dirname(os.getcwd()))}} | {interp}))
     print("shm", os.listdir("/dev/shm"))
     print("cwd", os.listdir("."))
     print("previous", os.path.exists({prev!r}))
@@ -163,6 +163,13 @@ LOOK = src("""
 """)
 
 
+def interpreter_under_tmp() -> set[str]:
+    """The top-level /tmp entries the sandbox's private /tmp holds for an interpreter (or venv) that lives under
+    /tmp: its folders are bound back read-only so it can run (none for a checkout elsewhere)."""
+    dirs = {os.path.realpath(p) for p in (sys.base_prefix, sys.prefix, os.path.dirname(os.path.realpath(sys.executable)))}
+    return {p.split(os.sep)[2] for p in dirs if p.startswith("/tmp/")}
+
+
 @pytest.mark.parametrize("iso", BARRIERS)
 def test_nothing_a_program_leaves_reaches_the_next(iso):
     a = run_on_zygote(LEAVE, isolation=iso)
@@ -170,7 +177,7 @@ def test_nothing_a_program_leaves_reaches_the_next(iso):
     assert left_in_sandbox(iso) == []  # the setsid daemon is gone before the verdict
     z = the_zygote(iso)
     assert os.listdir(z.base) == [] and "/tmp" in z.roots and ("/dev/shm" in z.roots or "/dev" in z.roots)
-    b = run_on_zygote(LOOK.format(prev=a.stdout.splitlines()[0]), isolation=iso)
+    b = run_on_zygote(LOOK.format(prev=a.stdout.splitlines()[0], interp=interpreter_under_tmp()), isolation=iso)
     assert b.stdout.splitlines() == ["procs True", "env None None None", "json [1]", "tmp True", "shm []",
                                      "cwd ['main.py']", "previous False", "base refused"], b
     assert the_zygote(iso) is z  # served by the same zygote all along
