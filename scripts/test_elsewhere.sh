@@ -12,8 +12,9 @@ for dest in "/tmp/ssd-jax-elsewhere-$$" "/tmp/ssd jax elsewhere $$"; do
   git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$dest"
   python -m venv --without-pip "$dest/.venv"
   site="$("$dest/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  # .venv's packages (and their .pth hooks) under the copy's own interpreter
-  echo "import site; site.addsitedir('$base_site')" > "$site/ssd_jax_base_venv.pth"
+  # .venv's packages under the copy's own interpreter: a path line (what the sandbox's site handling reads) and
+  # site.addsitedir for .venv's own .pth hooks on the host side
+  printf '%s\nimport site; site.addsitedir(%s)\n' "$base_site" "'$base_site'" > "$site/ssd_jax_base_venv.pth"
   echo "== sandbox and zygote tests from $dest"
   (cd "$dest" && "$dest/.venv/bin/python" -m pytest -q -p no:cacheprovider \
      tests/evaluation/test_sandbox.py tests/evaluation/test_zygote.py "$@")

@@ -451,12 +451,15 @@ def format_report(r: dict) -> str:
     ]
     for name, st in s["stages"].items():
         short = st["devices_needed"] > r["devices"]
+        fewer = r["devices"] // st["devices_per_engine"]
         lines.append(f"  {name:<6} {st['backend']:<5} {st['max_seq_tokens']:>7} tokens/seq: KV "
                      f"{_gib(st['kv_bytes_per_sequence'])} per sequence, {st['full_length_sequences_that_fit']} "
                      f"full-length sequences fit per engine of {st['devices_per_engine']} device(s); "
                      f"{st['engines']} engine(s) need {st['devices_needed']} of {r['devices']} devices; fits: "
-                     f"{'yes' if st['fits'] else 'NO'}" + (" (too few devices for its engines: set vllm.replicas)"
-                                                           if short else ""))
+                     f"{'yes' if st['fits'] else 'NO'}")
+        if short and fewer:
+            lines.append(f"    instead: --set {name}.vllm.replicas={fewer}: {fewer} engine(s) of "
+                         f"{st['devices_per_engine']} device(s) → fits")
     lines.append(f"verdict: {'FITS' if r['fits'] else 'DOES NOT FIT'}")
     return "\n".join(lines)
 
