@@ -41,7 +41,11 @@ def initialize() -> bool:
         jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=rank)
     else:
         jax.distributed.initialize()
-    _JOINED = (jax.process_count(), jax.process_index())
+        from jax._src import distributed as jax_distributed
+
+        # what the cluster detection found; jax.process_count() would start the backend here
+        n, rank = jax_distributed.global_state.num_processes, jax_distributed.global_state.process_id
+    _JOINED = (n, rank)
     return True
 
 
@@ -57,9 +61,32 @@ def is_writer() -> bool:
     return process_index() == 0
 
 
-def barrier(name: str) -> None:
-    """Every process waits here until all have arrived (no-op in a single-process run)."""
-    if process_count() > 1:
-        from jax.experimental import multihost_utils
+# A barrier waits as long as the slowest process's work before it (process 0 grading for hours, say).
+BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+_barriers = 0  # barriers passed by this process: every process passes the same ones in the same order
 
-        multihost_utils.sync_global_devices(name)
+
+def barrier(name: str) -> None:
+    """Every process waits here until all have arrived (no-op in a single-process run).
+
+    Through the job's coordination service (the key-value store `jax.distributed.initialize` started), not a
+    device computation: a barrier starts no JAX backend, so a process that only drives vLLM never claims the GPU
+    memory JAX would preallocate."""
+    global _barriers
+    if process_count() <= 1:
+        return
+    _barriers += 1
+    client = coordination_client()
+    # ids must be unique per use: the same name passed twice (a stage per round) is two barriers
+    client.wait_at_barrier(f"ssd-jax:{_barriers}:{name}"[:512], BARRIER_TIMEOUT_MS)
+
+
+def coordination_client():
+    """The jax.distributed job's coordination-service client (key-value store and barriers). JAX exposes it only
+    under jax._src (orbax reads it the same way); a JAX without it is refused here, not worked around."""
+    from jax._src import distributed as jax_distributed
+
+    client = jax_distributed.global_state.client
+    if client is None:
+        raise RuntimeError("no jax.distributed coordination client: initialize() has not joined a job")
+    return client

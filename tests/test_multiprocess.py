@@ -164,3 +164,36 @@ def test_two_processes_evaluate_one_graded_file(setup):
     assert sorted((g["problem_id"], g["sample_idx"]) for g in graded) == \
         sorted((f"HumanEval/{i}", j) for i in range(3) for j in range(2))
     assert outs[0].splitlines()[-1] == outs[1].splitlines()[-1]  # the same pass@k line from both processes
+
+
+BARRIER_PROBE = """
+import os, sys, time
+from ssd_jax import distributed
+distributed.initialize()
+rank = distributed.process_index()
+if rank == 1:
+    time.sleep(1.5)  # process 0 must wait for this one at each barrier
+t0 = time.monotonic()
+distributed.barrier("stage-done")
+distributed.barrier("stage-done")  # the same name again (a stage per round) is a new barrier
+from jax._src import xla_bridge
+print(rank, round(time.monotonic() - t0, 2), xla_bridge.backends_are_initialized(), flush=True)
+"""
+
+
+def test_barriers_wait_for_every_process_and_start_no_backend():
+    """distributed.barrier goes through the job's coordination service: it waits for the slowest process and
+    starts no JAX backend (a vLLM stage's process must not claim the GPU memory JAX preallocates)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [subprocess.Popen([sys.executable, "-c", BARRIER_PROBE], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                                  JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+                                                  JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(rank)))
+             for rank in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [e[-2000:] for _, e in outs]
+    rows = {int(r): (float(t), b) for r, t, b in (o.split() for o, _ in outs)}
+    assert rows[0][0] >= 1.0 and rows[1][0] < 1.0  # process 0 waited for process 1
+    assert rows[0][1] == rows[1][1] == "False"  # no backend started by joining the job and passing barriers
