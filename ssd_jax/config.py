@@ -160,6 +160,11 @@ class TrainConfig:
     moe_aux_loss_coef: float = 0.0
     tensorboard: bool = True
     progress: bool = True
+    # Share of each accelerator's memory JAX may take (XLA_PYTHON_CLIENT_MEM_FRACTION, set before the backend starts;
+    # JAX's own default, 0.75, leaves a 65,536-token step short; the rest is the runtime's, cuBLAS/cuDNN workspaces
+    # and fragmentation). `ssd-jax plan` judges the fit against the same share. A launcher's value in the environment
+    # is kept.
+    hbm_fraction: float = 0.90
 
 
 @dataclass

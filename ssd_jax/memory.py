@@ -22,6 +22,19 @@ from contextlib import contextmanager
 from typing import Iterator
 
 GB = 1e9
+MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+
+
+def reserve_device_memory(fraction: float) -> dict:
+    """Let JAX take `fraction` of each accelerator's memory: MEM_FRACTION_ENV, read once when the backend starts,
+    so this must run first (the CLI calls it for `train` and for `run`'s in-process stages; a child stage calls it
+    from its own config). A value already set in the environment wins. Returns what is in effect, for the records."""
+    from jax._src import xla_bridge
+
+    started = xla_bridge.backends_are_initialized()
+    if not started and MEM_FRACTION_ENV not in os.environ:
+        os.environ[MEM_FRACTION_ENV] = f"{fraction:g}"
+    return {"hbm_fraction": os.environ.get(MEM_FRACTION_ENV), "set_before_backend": not started}
 
 
 def return_freed_memory() -> None:

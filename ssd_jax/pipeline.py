@@ -301,6 +301,7 @@ def run_pipeline(cfg: RunConfig) -> dict:
         raise ConfigError("a multi-process `ssd-jax run` cannot yet run its stages in child processes: set "
                           "stage_processes: never (vLLM stages then need their own run of `ssd-jax sample`/`eval`)")
     if not stages.separate:
+        memory.reserve_device_memory(cfg.train.hbm_fraction)  # before any stage starts the backend
         distributed.initialize()  # a multi-process job runs every stage here; with child stages, they join it
     root = run_root(cfg)
     root.mkdir(parents=True, exist_ok=True)

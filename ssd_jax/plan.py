@@ -58,9 +58,6 @@ DEVICE_KINDS = {
     "h100": DeviceKind("NVIDIA H100 80GB", gpu_targets.device_memory("h100"), PEAK_FLOPS["H100"], 450 * GB, "h100"),
     "tpu-v5p": DeviceKind("TPU v5p", 95 * GB, PEAK_FLOPS["TPU v5p"], 600 * GB),
 }
-# Share of HBM a JAX program may plan on: the rest is the runtime, cuBLAS/cuDNN workspaces and fragmentation
-# (set XLA_PYTHON_CLIENT_MEM_FRACTION to at least this; JAX's default preallocation is 0.75).
-USABLE_HBM_FRACTION = 0.90
 
 
 def use_simulated_devices(n: int) -> None:
@@ -274,7 +271,7 @@ def plan_train(cfg: TrainConfig, model_dir: Path, devices: int, kind: DeviceKind
         "kernels": {"custom_calls": dict(sorted(stats.kernels.items())), "fusions": dict(sorted(stats.fusions.items())),
                     "estimated_kernel_flops": stats.kernel_flops},
         "compiled_for": compiled_for(target, devices),
-        "fits": peak <= USABLE_HBM_FRACTION * kind.hbm_bytes,
+        "fits": peak <= cfg.hbm_fraction * kind.hbm_bytes,
         "compile_s": compile_s,
     }
 
@@ -293,7 +290,7 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind, devices: in
     for name, stage in (("sample", cfg.sample), ("eval", cfg.eval)):
         vllm = stage.backend == "vllm"
         gpus = stage.vllm.tensor_parallel_size if vllm else 1  # one engine's devices
-        budget = (stage.vllm.gpu_memory_utilization if vllm else USABLE_HBM_FRACTION) * kind.hbm_bytes * gpus
+        budget = (stage.vllm.gpu_memory_utilization if vllm else cfg.train.hbm_fraction) * kind.hbm_bytes * gpus
         seq = stage.vllm.max_model_len if vllm and stage.vllm.max_model_len else stage.max_prompt_len + \
             stage.decode.max_tokens
         per_seq = kv_per_token * seq
@@ -326,7 +323,7 @@ def alternatives(cfg: TrainConfig, train: dict, devices: int, hbm_bytes: float) 
         out.append((f"train.micro_batch={m_try}", fixed + m["temp"] * m_try / micro))
     if cfg.model.remat != "full":
         out.append(("model.remat=full", fixed + m["temp"] / 3))  # a rough third: one residual kept of ~3 per layer
-    limit = USABLE_HBM_FRACTION * hbm_bytes
+    limit = cfg.hbm_fraction * hbm_bytes
     return sorted(out, key=lambda a: (a[1] > limit, -a[1] if a[1] <= limit else a[1]))
 
 
@@ -372,7 +369,7 @@ def plan(cfg: RunConfig, devices: int = 8, device_kind: str | None = None, hf_co
     train = plan_train(train_cfg, model_dir, devices, kind, simulate_cpu)
     report = {"config": cfg.name, "model_path": cfg.model.path, "hf_config": str(model_dir), "devices": devices,
               "device_kind": device_kind, "device_kind_source": kind_source,
-              "device": dataclasses.asdict(kind), "usable_hbm_fraction": USABLE_HBM_FRACTION,
+              "device": dataclasses.asdict(kind), "usable_hbm_fraction": train_cfg.hbm_fraction,
               "train": train, "sampling": plan_sampling(cfg, model_dir, kind, devices),
               "total_train_s": train["time"]["step_s"] * train_cfg.optim.total_steps,
               "total_steps": train_cfg.optim.total_steps}
@@ -419,7 +416,7 @@ def format_report(r: dict) -> str:
         f"  gradients (fp32, in temp)     {_gib(m['gradients_fp32_in_temp'])}",
         f"  temp (XLA)                    {_gib(m['temp'])}",
         f"  peak = args + temp + out − aliased   {_gib(m['peak'])}   of {_gib(hbm)} "
-        f"({m['peak'] / hbm:.0%}; plan limit {r['usable_hbm_fraction']:.0%})",
+        f"({m['peak'] / hbm:.0%}; train.hbm_fraction {r['usable_hbm_fraction']:.0%})",
         "",
         f"FLOPs per device per step       {t['flops_per_device']:.3e} (compiled dots incl. remat recompute; loops "
         f"of data-dependent length {t['data_dependent_loops']} at {_trips(t['data_dependent_loop_trips'])} trips)",

@@ -106,7 +106,7 @@ def test_a_step_that_does_not_fit_gets_the_nearest_setting_that_does(tiny_dir, c
     assert full["alternatives"] == [] and full["device_kind_source"].startswith("the default")
     m = full["train"]["memory_per_device"]
     # room for the parameters, optimizer and batch and half the activations: micro-batch 4 (of 8) should fit
-    hbm = (m["peak"] - m["temp"] * 0.4) / plan.USABLE_HBM_FRACTION
+    hbm = (m["peak"] - m["temp"] * 0.4) / full["usable_hbm_fraction"]
     code, err = cli(["plan", "--config", str(cfg), "--out", str(out), "--simulate-cpu", "--hbm-gb", str(hbm / 1e9)])
     assert code == 1, err  # the config as written still does not fit
     r = json.loads(out.read_text())

@@ -24,7 +24,7 @@ from ssd_jax.data import sft
 from ssd_jax.data.prompts import check_trained_format, recorded_format
 from ssd_jax.errors import ConfigError
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
-from ssd_jax.memory import process_peak, return_freed_memory
+from ssd_jax.memory import process_peak, reserve_device_memory, return_freed_memory
 from ssd_jax.models import hf
 from ssd_jax.sharding import AXES, BATCH_AXES, make_mesh, on_cpu
 from ssd_jax.train import optim
@@ -46,6 +46,8 @@ def validate(cfg: TrainConfig, n_devices: int, platform: str) -> int:
         raise ConfigError(f"global_batch={cfg.global_batch} must be a positive multiple of micro_batch={micro}")
     if cfg.data.seq_len < 2:
         raise ConfigError(f"data.seq_len={cfg.data.seq_len}: expected at least 2")
+    if not 0.0 < cfg.hbm_fraction <= 1.0:
+        raise ConfigError(f"hbm_fraction={cfg.hbm_fraction}: expected a share of device memory in (0, 1]")
     o = cfg.optim
     if o.total_steps < 1 or not 0 <= o.warmup_steps <= o.total_steps:
         raise ConfigError(f"optim: need 0 <= warmup_steps ({o.warmup_steps}) <= total_steps ({o.total_steps}), total >= 1")
@@ -119,6 +121,7 @@ def model_provenance(run: Path, step: int, prompt_format: str | None) -> dict:
 
 
 def train(cfg: TrainConfig) -> dict:
+    device_memory = reserve_device_memory(cfg.hbm_fraction)  # before jax.device_count() starts the backend
     accum = validate(cfg, jax.device_count(), jax.devices()[0].platform)
     micro = cfg.micro_batch or cfg.global_batch
     model_dir = bundled.resolve_model(cfg.model.path)
@@ -222,7 +225,8 @@ def train(cfg: TrainConfig) -> dict:
         hf.save(model, export, dtype=cfg.export_dtype, source_dir=model_dir,
                 provenance=model_provenance(out, cfg.optim.total_steps, prompt_format))
     summary = {"steps": cfg.optim.total_steps, "resumed_from": start, "final": last, "export": str(export),
-               "data": stats.to_dict(), "passes": passes, "accumulation": accum, "step_shapes": shapes, "devices": jax.device_count(),
+               "data": stats.to_dict(), "passes": passes, "accumulation": accum, "step_shapes": shapes, "device_memory": device_memory,
+               "devices": jax.device_count(),
                "mesh": dict(mesh.shape), "memory": process_peak()}
     if writer:
         atomic_write_text(out / "train_summary.json", json.dumps(summary, indent=2) + "\n")

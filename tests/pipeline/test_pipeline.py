@@ -132,8 +132,11 @@ def test_stages_in_their_own_processes(setup):
     root, cfg = setup
     out = root / "run-children"
     assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "rounds=1",
-                 "--set", "stage_processes=always"]) == 0
+                 "--set", "stage_processes=always", "--set", "train.hbm_fraction=0.8"]) == 0
     stages = json.loads((out / "manifest.json").read_text())["stages"]
+    # the train stage's process took its memory share from the config before its backend started
+    summary = json.loads((out / "round-1" / "train" / "train_summary.json").read_text())
+    assert summary["device_memory"] == {"hbm_fraction": "0.8", "set_before_backend": True}
     assert all(v["status"] == "done" for v in stages.values()) and len(stages) == 6  # … and round-1/analyze
     assert stages["round-1/train"]["passes"]["rows_trained"] == 4  # read back from the child's train_summary.json
     for f in ("base-eval.yaml", "round-1/sample.yaml", "round-1/train.yaml", "round-1/eval.yaml",

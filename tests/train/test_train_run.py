@@ -109,6 +109,8 @@ def test_sigkill_then_resume_gives_the_same_losses_and_examples(setup, reference
 
 def test_summary_and_data_stats_report_passes_over_the_data(reference_run):
     summary = json.loads((reference_run / "train_summary.json").read_text())
+    # `ssd-jax train` set JAX's device-memory share (train.hbm_fraction) before its backend started
+    assert summary["device_memory"] == {"hbm_fraction": "0.9", "set_before_backend": True}
     passes = summary["passes"]
     assert passes == json.loads((reference_run / "data_stats.json").read_text())["passes"]
     assert passes["examples"] == 40 and passes["packing"] and passes["rows_trained"] == 4 * TOTAL
