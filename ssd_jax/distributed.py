@@ -49,6 +49,41 @@ def initialize() -> bool:
     return True
 
 
+def join_coordination() -> bool:
+    """A multi-process `ssd-jax run` whose stages run in child processes: join a job of the parents only, for
+    barriers and the one-writer rule, on its own coordinator (`SSD_JAX_RUN_COORDINATOR`, default the stages'
+    JAX_COORDINATOR_ADDRESS port + 1), so each stage's children form their own job on JAX_COORDINATOR_ADDRESS,
+    one stage after another. It starts no JAX backend: the parents never hold a device. True if one was joined."""
+    global _JOINED
+    if _JOINED is not None:
+        return True
+    address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if not address:
+        if os.environ.get("SSD_JAX_DISTRIBUTED", "").lower() == "auto":
+            from ssd_jax.errors import ConfigError
+
+            raise ConfigError("a multi-process `ssd-jax run` with stages in child processes needs "
+                              "JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID (cluster detection, "
+                              "SSD_JAX_DISTRIBUTED=auto, cannot give the stages and the run two coordinators)")
+        return False
+    host, _, port = address.rpartition(":")
+    own = os.environ.get("SSD_JAX_RUN_COORDINATOR") or f"{host}:{int(port) + 1}"
+    import jax
+
+    n, rank = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(coordinator_address=own, num_processes=n, process_id=rank)
+    _JOINED = (n, rank)
+    return True
+
+
+JOB_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "SSD_JAX_DISTRIBUTED")
+
+
+def single_process_env() -> dict:
+    """This process's environment without the variables that make a child join the job."""
+    return {k: v for k, v in os.environ.items() if k not in JOB_VARS}
+
+
 def process_count() -> int:
     return _JOINED[0] if _JOINED else 1
 

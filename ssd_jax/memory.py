@@ -75,12 +75,17 @@ def peak_rss_bytes() -> int:
 
 
 def device_peak_bytes() -> int | None:
-    """Largest `peak_bytes_in_use` over the local accelerators (None on CPU, where JAX does not track it)."""
+    """Largest `peak_bytes_in_use` over the local accelerators (None on CPU, where JAX does not track it, and in a
+    process that never started a JAX backend: asking would start one, and a vLLM stage's process must not)."""
     import sys
 
     if "jax" not in sys.modules:
         return None
     import jax
+    from jax._src import xla_bridge
+
+    if not xla_bridge.backends_are_initialized():
+        return None
 
     peaks = []
     for d in jax.local_devices():
@@ -158,8 +163,8 @@ def _vm_hwm(pid: int | str) -> int | None:
     return None
 
 
-def run_child(argv: list[str], poll_s: float = 0.05) -> tuple[int, dict]:
-    """Run a command to completion; (exit code, its own peak memory).
+def run_child(argv: list[str], poll_s: float = 0.05, env: dict | None = None) -> tuple[int, dict]:
+    """Run a command to completion (in `env`, default ours); (exit code, its own peak memory).
 
     Why polling: the kernel's rusage of a child (`ru_maxrss`) folds in the parent's high-water mark at the
     moment the child was spawned (the mm it exec'd from), so a child of a large process would report the parent's
@@ -168,7 +173,7 @@ def run_child(argv: list[str], poll_s: float = 0.05) -> tuple[int, dict]:
     import subprocess
 
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv)
+    proc = subprocess.Popen(argv, env=env)
     peak = 0
     while True:
         hwm = _vm_hwm(proc.pid)

@@ -15,7 +15,6 @@ store, the trainer's checkpoints and the grader's graded.jsonl each resume thems
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import socket
@@ -129,12 +128,19 @@ class Stages:
         return out
 
     def _child(self, command: str, cfg, config_path: Path) -> None:
-        dump_yaml(cfg, config_path)
-        rc, self.memory = memory.run_child([sys.executable, "-m", "ssd_jax.cli", command, "--config",
-                                            str(config_path)])
+        if distributed.is_writer():
+            dump_yaml(cfg, config_path)
+        self._run_child([sys.executable, "-m", "ssd_jax.cli", command, "--config", str(config_path)],
+                        f"the {command} stage", f"`ssd-jax {command} --config {config_path}`")
+
+    def _run_child(self, argv: list[str], what: str, alone: str) -> None:
+        """One stage in a child process of every process of the run: the children of a multi-process run form
+        their own JAX job (the environment's coordinator), which must be gone before the next stage's forms."""
+        distributed.barrier(f"child-start:{what}")  # its config is written; the previous stage's job has ended
+        rc, self.memory = memory.run_child(argv)
+        distributed.barrier(f"child-done:{what}")
         if rc != 0:
-            raise UserError(f"the {command} stage failed in its own process (exit {rc}); rerun it alone with "
-                            f"`ssd-jax {command} --config {config_path}`")
+            raise UserError(f"{what} failed in its own process (exit {rc}); rerun it alone with {alone}")
 
     def sample(self, cfg, config_path: Path) -> dict:
         if not self.separate:
@@ -154,10 +160,9 @@ class Stages:
         if not self.separate:
             export_checkpoint(run_dir, step=step, out=out, dtype=dtype)
             return
-        rc = subprocess.run([sys.executable, "-m", "ssd_jax.cli", "export", "--run", str(run_dir), "--step",
-                             str(step), "--out", str(out), "--dtype", dtype]).returncode
-        if rc != 0:
-            raise UserError(f"exporting step {step} of {run_dir} failed in its own process (exit {rc})")
+        argv = ["export", "--run", str(run_dir), "--step", str(step), "--out", str(out), "--dtype", dtype]
+        self._run_child([sys.executable, "-m", "ssd_jax.cli", *argv], f"exporting step {step} of {run_dir}",
+                        "`ssd-jax " + " ".join(argv) + "`")
 
     def eval(self, cfg) -> dict:
         if not self.separate:
@@ -174,14 +179,16 @@ class Stages:
                 forklock.analyze(base, student, str(samples), cfg, forklock.resolve(cfg)), out))
         else:
             config_path = out.parent / "analysis.yaml"
-            dump_yaml(cfg, config_path)
-            rc, self.memory = memory.run_child([sys.executable, "-m", "ssd_jax.cli", "analyze", "--base", base,
-                                                "--student", student, "--samples", str(samples), "--out", str(out),
-                                                "--config", str(config_path)])
+            if distributed.is_writer():
+                dump_yaml(cfg, config_path)
+            argv = ["analyze", "--base", base, "--student", student, "--samples", str(samples), "--out", str(out),
+                    "--config", str(config_path)]
+            # process 0 alone (analyze_round), as a single-process job: the analysis is not split
+            rc, self.memory = memory.run_child([sys.executable, "-m", "ssd_jax.cli", *argv],
+                                               env=distributed.single_process_env())
             if rc != 0:
                 raise UserError(f"the fork/lock analysis failed in its own process (exit {rc}); rerun it with "
-                                f"`ssd-jax analyze --base {base} --student {student} --samples {samples} --out {out} "
-                                f"--config {config_path}`")
+                                f"`ssd-jax {' '.join(argv)}`")
         return json.loads((out / "forklock.json").read_text())["labels"]
 
 
@@ -297,12 +304,11 @@ def run_root(cfg: RunConfig) -> Path:
 def run_pipeline(cfg: RunConfig) -> dict:
     check_run(cfg)
     stages = Stages(separate_processes(cfg))
-    if stages.separate and (os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("SSD_JAX_DISTRIBUTED")):
-        raise ConfigError("a multi-process `ssd-jax run` cannot yet run its stages in child processes: set "
-                          "stage_processes: never (vLLM stages then need their own run of `ssd-jax sample`/`eval`)")
-    if not stages.separate:
+    if stages.separate:
+        distributed.join_coordination()  # the parents' own job; each stage's children form theirs
+    else:
         memory.reserve_device_memory(cfg.train.hbm_fraction)  # before any stage starts the backend
-        distributed.initialize()  # a multi-process job runs every stage here; with child stages, they join it
+        distributed.initialize()  # a multi-process job runs every stage here
     root = run_root(cfg)
     root.mkdir(parents=True, exist_ok=True)
     if distributed.is_writer():

@@ -66,7 +66,7 @@ def launch(args: list[str], processes: int) -> list[subprocess.Popen]:
 def finish(procs) -> list[str]:
     outs = []
     for p in procs:
-        out, err = p.communicate(timeout=900)
+        out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
         outs.append(out)
     return outs
@@ -197,3 +197,47 @@ def test_barriers_wait_for_every_process_and_start_no_backend():
     rows = {int(r): (float(t), b) for r, t, b in (o.split() for o, _ in outs)}
     assert rows[0][0] >= 1.0 and rows[1][0] < 1.0  # process 0 waited for process 1
     assert rows[0][1] == rows[1][1] == "False"  # no backend started by joining the job and passing barriers
+
+
+@pytest.mark.slow
+def test_a_whole_run_with_child_stages_on_two_processes_matches_one(setup, tmp_path):
+    """`ssd-jax run` with every stage in child processes (stage_processes: always, what `auto` picks for vLLM) as
+    2 processes × 4 devices: the parents coordinate in a job of their own and each stage's children form theirs.
+    Per-request seeds, so both layouts draw the same samples: the same samples, weights and metrics as 1 × 8."""
+    from tests.data.test_problems import lcb_row
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"p{i}", "question": f"Print {i} plus one."}) + "\n" for i in range(6)))
+    lcb = tmp_path / "lcb"
+    lcb.mkdir()
+    (lcb / "test.jsonl").write_text("".join(json.dumps(lcb_row(q, "2025-03-01", "[]")) + "\n" for q in ("e1", "e2")))
+    small = {"batch_size": 2, "max_prompt_len": tiny.CHAT_PROMPT_LEN, "progress": False}
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "name": "mp", "rounds": 1, "model": {"path": str(setup / "model")}, "mesh": {"fsdp": -1},
+        "stage_processes": "always",
+        "sample": {"problems": {"kind": "jsonl", "path": str(pool)},
+                   "decode": {"temperature": 1.0, "top_k": 20, "top_p": 0.9, "max_tokens": 24, "seed": 3}, **small},
+        "filter": {"preset": "released"},
+        "train": {"data": {"seq_len": 1024, "packing_bins": 4}, "optim": {"warmup_steps": 1, "total_steps": 2},
+                  "global_batch": 8, "micro_batch": 8, "export_dtype": "float32", "progress": False,
+                  "tensorboard": False},
+        "eval": {"problems": {"kind": "lcb", "path": str(lcb)}, "decode": {"preset": "greedy", "n": 1,
+                 "max_tokens": 6}, "ks": [1], **small}}))
+    runs = {}
+    for procs in (1, 2):
+        runs[procs] = tmp_path / f"run-{procs}"
+        finish(launch(["run", "--config", str(cfg), "--set", f"out_dir={runs[procs]}"], procs))
+    one, two = runs[1], runs[2]
+    m1, m2 = (json.loads((r / "manifest.json").read_text())["stages"] for r in (one, two))
+    assert all(v["status"] == "done" for v in m2.values()) and set(m1) == set(m2)
+    assert (one / "round-1" / "samples.jsonl").read_text() == (two / "round-1" / "samples.jsonl").read_text()
+    assert (one / "round-1" / "filtered.jsonl").read_text() == (two / "round-1" / "filtered.jsonl").read_text()
+    ca, cb = Checkpoint(one / "round-1" / "train" / "export"), Checkpoint(two / "round-1" / "train" / "export")
+    for k in ca.keys():
+        x, y = ca.get(k), cb.get(k)
+        assert np.abs(x - y).max() <= 1e-5 * max(np.abs(x).max(), 1e-6), k
+    for ev in ("base-eval", "round-1/eval"):
+        a, b = (json.loads((r / ev / "metrics.json").read_text())["metrics"]["overall"] for r in (one, two))
+        assert a == b, ev
+    assert m2["round-1/analyze"]["status"] == "done"

@@ -97,3 +97,9 @@ def test_vllm_replicas_split_the_requests_and_merge_them(qwen_tiny):
     assert rep["manifest"]["replicas"] == 2 and rep["manifest"]["generated_this_run"] == 10
     assert all(r["backend"] == "vllm" and r["n_tokens"] > 0 for r in rep["records"])
     assert not list(qwen_tiny[0].parent.glob("*.part-*"))
+
+
+def test_a_vllm_stage_starts_no_jax_backend(qwen_tiny):
+    """The vLLM sampler, `ssd-jax sample` on vLLM (its manifest's memory record included) and its replicas' parent
+    never start a JAX backend in their process."""
+    assert qwen_tiny[3]["jax_backend_started"] is False

@@ -23,6 +23,11 @@ def main():
     if len(sys.argv) > 4:
         del sampler
         out["stage"] = run_stage(model_dir, sys.argv[4], out_file + ".samples.jsonl")
+    # vLLM sampling, the sample stage and its replicas: none of it may start a JAX backend in this process (it
+    # would claim the GPU memory vLLM needs)
+    from jax._src import xla_bridge
+
+    out["jax_backend_started"] = xla_bridge.backends_are_initialized()
     json.dump(out, open(out_file, "w"))
 
 
