@@ -282,3 +282,25 @@ def test_plan_offers_the_setting_that_fits_qwen3_4b(devices, fix):
     assert f"instead: --set {fix}" in printed
     if devices == 2:
         assert r["alternatives"][-1] == {**r["alternatives"][-1], "set": fix, "fits": True}
+
+
+def test_the_lm_head_gradient_leaves_the_paper_steps_in_one_reduction():
+    """Qwen3-30B-A3B's paper step compiled for 8 × B200: the [hidden × vocab] head gradient is reduced once per
+    step, outside every loop (the CE chunks and the layer scan), not once per chunk."""
+    from pathlib import Path
+
+    from ssd_jax import plan
+    from ssd_jax.pipeline import round_configs
+
+    cfg = plan.load_plan_config(Path(__file__).resolve().parents[1] / "configs" / "qwen3-30b-a3b-instruct-2507.yaml")
+    tc = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path).train
+    c = compile_train_step(tc, plan.hf_config_dir(cfg.model.path), list(gpu_targets.devices("b200", 8)))
+    comps, order, entry = hlo.parse_module(c.compiled.as_text())
+    mult = hlo.multiplicities(comps, order, entry)
+    d, v = c.model_cfg.hidden_size, c.model_cfg.vocab_size
+    head_shapes = {tuple(sorted(s)) for k in (1, 2, 4, 8) for s in ((d, v // k), (d // k, v))}
+    found = [(name, ins.op) for name, body in comps.items() for ins in body
+             if ins.op.startswith(("all-reduce", "reduce-scatter")) and not ins.op.endswith("-done")
+             and any(tuple(sorted(s)) in head_shapes for _, s in ins.shapes)]
+    assert 1 <= len(found) <= 2, found
+    assert all(name == entry and mult[name] == 1 for name, _ in found), found  # in the step's body, no loop
