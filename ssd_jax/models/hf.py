@@ -329,12 +329,7 @@ def read_hf_config(path: str | os.PathLike) -> dict:
     cfg_file = d / "config.json"
     if not cfg_file.exists():
         raise CheckpointError(f"{cfg_file}: missing (an HF model directory needs config.json)")
-    try:
-        raw = json.loads(cfg_file.read_text())
-    except ValueError as e:
-        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{cfg_file}: expected a JSON object")
+    raw = _json_object(cfg_file)
     archs = raw.get("architectures")
     if not archs or not isinstance(archs, list):
         raise CheckpointError(f"{cfg_file}: key 'architectures' is missing; expected e.g. [\"LlamaForCausalLM\"]")
@@ -553,8 +548,11 @@ PROVENANCE = "ssd_jax.json"
 def read_provenance(model_dir: str | os.PathLike) -> dict:
     """A model directory's PROVENANCE ({} for a model ssd-jax did not train)."""
     path = Path(model_dir) / PROVENANCE
-    if not path.exists():
-        return {}
+    return _json_object(path) if path.exists() else {}
+
+
+def _json_object(path: Path) -> dict:
+    """A model directory's JSON file that must hold one object (config.json, PROVENANCE)."""
     try:
         doc = json.loads(path.read_text())
     except ValueError as e:
