@@ -85,7 +85,7 @@ def expand_format(data: dict, stage: Stage, where: str) -> dict:
     for key, value in want.items():
         if key in data and data[key] != value:
             raise ConfigError(f"{where}.{key}: prompt format {fmt!r} sets {key} {value!r} for {stage} (here "
-                              f"{data[key]!r}); drop {key} or set format: custom")
+                              f"{data[key]!r}); drop {key}, or use format custom (a run config's prompt_format)")
     return {**data, **want}
 
 

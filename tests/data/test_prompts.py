@@ -101,7 +101,7 @@ def test_a_prompt_format_names_both_stages_and_refuses_a_contradicting_setting()
     assert from_dict(EvalConfig, {"prompt": {"format": "released"}}).prompt.template == "eval"
     # a setting written beside a format must agree with it; agreeing ones (a dumped config) load back
     with pytest.raises(ConfigError, match=r"^r\.yaml\.eval\.prompt\.system: prompt format 'released' sets system "
-                                          r"None for evaluation \(here 'default'\); drop system or set format: custom"):
+                                          r"None for evaluation \(here 'default'\); drop system, or use format custom"):
         from_dict(RunConfig, {"prompt_format": "released", "eval": {"prompt": {"system": "default"}}}, "r.yaml")
     assert from_dict(EvalConfig, {"prompt": {"format": "paper", "mode": "chat"}}).prompt.format == "paper"
     with pytest.raises(ConfigError, match=r"sample\.prompt\.format: set by `ssd-jax run` from the top-level "
