@@ -1,6 +1,8 @@
 """`ssd-jax run` and `ssd-jax baselines` end to end on a tiny model: the run folder, round chaining, skip on rerun."""
 
 import json
+import os
+import stat
 import time
 
 import pytest
@@ -41,7 +43,14 @@ def setup(tmp_path_factory):
 def test_run_two_rounds_then_rerun_skips(setup, capsys):
     root, cfg = setup
     out = root / "run"
-    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}"]) == 0
+    old_mask = os.umask(0o022)  # what a shared cluster's users run with: teammates must read the run
+    try:
+        assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}"]) == 0
+    finally:
+        os.umask(old_mask)
+    modes = {p.relative_to(out): stat.S_IMODE(p.stat().st_mode) for p in [out, *out.rglob("*")] if not p.is_symlink()}
+    wrong = {str(p): oct(m) for p, m in modes.items() if m != (0o755 if (out / p).is_dir() else 0o644)}
+    assert not wrong, wrong  # every file 0644, every folder 0755
     man = json.loads((out / "manifest.json").read_text())
     stages = man["stages"]
     assert {k for k, v in stages.items() if v["status"] == "done"} == {
