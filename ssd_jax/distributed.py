@@ -31,13 +31,7 @@ def initialize() -> bool:
 
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU devices' collectives across processes
     if address:
-        from ssd_jax.errors import ConfigError
-
-        try:
-            n, rank = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
-        except (KeyError, ValueError):
-            raise ConfigError("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
-                              "integers too") from None
+        n, rank = _job_size()
         jax.distributed.initialize(coordinator_address=address, num_processes=n, process_id=rank)
     else:
         jax.distributed.initialize()
@@ -47,6 +41,17 @@ def initialize() -> bool:
         n, rank = jax_distributed.global_state.num_processes, jax_distributed.global_state.process_id
     _JOINED = (n, rank)
     return True
+
+
+def _job_size() -> tuple[int, int]:
+    """(processes, this process) as the launcher gave them (JAX_NUM_PROCESSES, JAX_PROCESS_ID)."""
+    from ssd_jax.errors import ConfigError
+
+    try:
+        return int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    except (KeyError, ValueError):
+        raise ConfigError("JAX_COORDINATOR_ADDRESS is set: JAX_NUM_PROCESSES and JAX_PROCESS_ID must be "
+                          "integers too") from None
 
 
 def join_coordination() -> bool:
@@ -70,7 +75,7 @@ def join_coordination() -> bool:
     own = os.environ.get("SSD_JAX_RUN_COORDINATOR") or f"{host}:{int(port) + 1}"
     import jax
 
-    n, rank = int(os.environ["JAX_NUM_PROCESSES"]), int(os.environ["JAX_PROCESS_ID"])
+    n, rank = _job_size()
     jax.distributed.initialize(coordinator_address=own, num_processes=n, process_id=rank)
     _JOINED = (n, rank)
     return True

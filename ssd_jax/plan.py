@@ -308,14 +308,16 @@ def plan_sampling(cfg: RunConfig, model_dir: Path, kind: DeviceKind, devices: in
     return out
 
 
-def alternatives(cfg: TrainConfig, train: dict, devices: int, hbm_bytes: float) -> list[tuple[str, float]]:
+def alternatives(cfg: TrainConfig, train: dict, hbm_bytes: float) -> list[tuple[str, float]]:
     """Settings near `cfg` that should need less memory, with the peak arithmetic expects for each (the compiled
     peak's activations scale with the rows a micro-step holds; full remat keeps about one residual per layer of the
     temp that save_dots or none keep), nearest to fitting first: (a --set override, estimated peak bytes)."""
     m = train["memory_per_device"]
     fixed = m["peak"] - m["temp"]  # parameters, optimizer state, batch: what a smaller micro-step does not shrink
     micro = train["shapes"]["micro_batch"]
-    ways = math.prod(v for k, v in train["mesh"].items() if k in ("data", "fsdp", "expert"))
+    from ssd_jax.sharding import BATCH_AXES
+
+    ways = math.prod(train["mesh"][a] for a in BATCH_AXES)
     out = []
     m_try = micro
     while m_try // 2 >= ways and (m_try // 2) % ways == 0:
@@ -335,7 +337,7 @@ def _refit(cfg: RunConfig, devices: int, kind: DeviceKind, model_dir: Path, simu
     from ssd_jax.pipeline import round_configs
 
     tried = []
-    for override, estimate in alternatives(train_cfg, train, devices, kind.hbm_bytes)[:3]:
+    for override, estimate in alternatives(train_cfg, train, kind.hbm_bytes)[:3]:
         # the override on the run config (its model section is every stage's), then what training is given
         alt_cfg = from_dict(RunConfig, apply_overrides(to_dict(cfg), [override]), "plan alternative")
         alt_train = round_configs(alt_cfg, Path(alt_cfg.out_dir), 1, alt_cfg.model.path).train

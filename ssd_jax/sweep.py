@@ -53,12 +53,11 @@ def run_sweep(cfg: EvalConfig, models: list[tuple[str, str]], temps: list[float]
     points = [(label, path, t) for label, path in models for t in temps]
     for label, path, t in points[:: len(temps)]:  # every model checked before the first evaluation
         check_model_format(point_config(cfg, path, t, out, label))
-    grid: dict[str, dict] = {}
+    grid = {label: {"path": path, "trained": hf.read_provenance(bundled.resolve_model(path)) or None, "points": {}}
+            for label, path in models}
     for label, path, t in points:
         one = point_config(cfg, path, t, out, label)
         doc = run_eval(one)
-        grid.setdefault(label, {"path": path, "trained": hf.read_provenance(bundled.resolve_model(path)) or None,
-                                "points": {}})
         values = pass_at_k_values(doc["metrics"]["overall"])
         grid[label]["points"][f"{t:g}"] = {**{f"pass@{k}": v for k, v in values.items()}, "dir": one.out_dir,
                                            "decode": doc["decode"]}
