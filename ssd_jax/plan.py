@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from ssd_jax import gpu_targets
-from ssd_jax.config import RunConfig, TrainConfig, from_dict, load_yaml
+from ssd_jax.config import (RunConfig, TrainConfig, apply_overrides, from_dict, load_yaml, relative_to_file,
+                            to_dict)
 from ssd_jax.errors import ConfigError, UserError
 from ssd_jax.train.flops import PEAK_FLOPS
 
@@ -78,10 +79,10 @@ def use_simulated_devices(n: int) -> None:
 
 def load_plan_config(path: str | os.PathLike, overrides: list[str] = ()) -> RunConfig:
     """A run config (configs/<model>.yaml), or a train config, which becomes the train section of a run."""
-    from ssd_jax.config import apply_overrides
-
-    data = apply_overrides(load_yaml(path), list(overrides))
-    if {"train", "sample", "eval", "rounds"} & set(data):
+    data = load_yaml(path)
+    cls = RunConfig if {"train", "sample", "eval", "rounds"} & set(data) else TrainConfig
+    data = apply_overrides(relative_to_file(cls, data, path), list(overrides))
+    if cls is RunConfig:
         return from_dict(RunConfig, data, str(path))
     train = from_dict(TrainConfig, data, str(path))
     return RunConfig(model=train.model, mesh=train.mesh, train=train)
@@ -333,7 +334,6 @@ def _refit(cfg: RunConfig, devices: int, kind: DeviceKind, model_dir: Path, simu
            train_cfg: TrainConfig, train: dict) -> list[dict]:
     """When the train step does not fit: compile up to three of `alternatives` (nearest first) and report each
     one's compiled peak, stopping at the first that fits."""
-    from ssd_jax.config import apply_overrides, to_dict
     from ssd_jax.pipeline import round_configs
 
     tried = []

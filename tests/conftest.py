@@ -8,7 +8,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")  # CPU tests; GPU targets come fro
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# In-process CLI calls would otherwise fill ~/.cache/ssd-jax; the cache's own test sets a folder of its own.
+# In-process CLI calls would otherwise fill ~/.cache/ssd_jax/xla; the cache's own test sets a folder of its own.
 os.environ.setdefault("SSD_JAX_COMPILATION_CACHE", "off")
 
 import pytest  # noqa: E402

@@ -81,6 +81,10 @@ def test_paper_run_config(name):
     assert cfg.eval.decode.max_tokens == cfg.base_eval_decode.max_tokens == 65536
     # Data and protocol: rStar-Coder seed_sft in, LiveCodeBench v6 out; the paper's filter.
     assert cfg.sample.problems.kind == "rstar" and cfg.eval.problems.kind == "lcb"
+    # where `ssd-jax data download` puts them, read relative to the config file (not the working directory)
+    root = CONFIGS.parent
+    assert (cfg.sample.problems.path, cfg.eval.problems.path) == \
+        (str(root / "data/rStar-Coder/seed_sft"), str(root / "data/code_generation_lite"))
     assert cfg.eval.problems.window == "v6" and cfg.filter.preset == "paper"
     assert cfg.eval.grader.mode == "mlssd" and cfg.eval.grader.resolved_extraction() == "mlssd"  # the paper's
     assert cfg.eval.grader.timeout_s == 6.0
@@ -138,3 +142,49 @@ def test_the_base_model_is_evaluated_at_its_table_4_setting_by_default():
     chosen = from_dict(RunConfig, {"eval": {"decode": {"preset": "qwen3-4b-instruct-2507/eval"}},
                                    "base_eval_decode": {"preset": "greedy"}})
     assert base_eval_decode(chosen).preset == "greedy"
+
+
+def test_input_paths_in_a_config_file_are_relative_to_it(tmp_path, monkeypatch):
+    """A config names its data the same from any working directory; outputs and `--set` values stay relative to
+    the working directory; hub ids and bundled models are names, not paths."""
+    d = tmp_path / "cfgs"
+    (d / "local-model").mkdir(parents=True)
+    f = d / "run.yaml"
+    f.write_text("out_dir: runs/x\n"
+                 "model: {path: local-model}\n"
+                 "sample: {problems: {kind: rstar, path: ../data/seed_sft, decontaminate_against: lcb.jsonl}}\n"
+                 "eval: {problems: {kind: lcb, path: ~/lcb}}\n"
+                 "select: {protocol: best_on_heldout, heldout: {kind: jsonl, path: held.jsonl}}\n")
+    monkeypatch.chdir(tmp_path / "cfgs" / "local-model")
+    cfg = load_config(RunConfig, f)
+    assert cfg.model.path == str(d / "local-model") and cfg.out_dir == "runs/x"
+    assert cfg.sample.problems.path == str(tmp_path / "data/seed_sft")
+    assert cfg.sample.problems.decontaminate_against == str(d / "lcb.jsonl")
+    assert cfg.eval.problems.path == str(Path("~/lcb").expanduser())
+    assert cfg.select.heldout.path == str(d / "held.jsonl")
+    cfg = load_config(RunConfig, f, ["sample.problems.path=here/seed_sft", "model.path=Qwen/Qwen3-4B"])
+    assert (cfg.sample.problems.path, cfg.model.path) == ("here/seed_sft", "Qwen/Qwen3-4B")
+    for name in ("Qwen/Qwen3-4B", "bundled:smollm2-135m"):  # names stay names
+        f.write_text(f"model: {{path: {name}}}\n")
+        assert load_config(RunConfig, f).model.path == name
+    t = d / "train.yaml"
+    t.write_text("data: {train_file: ../runs/r/filtered.jsonl}\n")
+    assert load_config(TrainConfig, t).data.train_file == str(tmp_path / "runs/r/filtered.jsonl")
+
+
+def test_a_bad_set_value_is_blamed_on_set_not_the_file(tmp_path):
+    from ssd_jax.errors import ConfigError
+
+    f = tmp_path / "run.yaml"
+    f.write_text("train: {optim: {peak_lr: 1.0e-5}}\n")
+    with pytest.raises(ConfigError, match=r"^--set train\.optim\.peak_lr: expected a number, got 'abc'$"):
+        load_config(RunConfig, f, ["train.optim.peak_lr=abc"])
+    with pytest.raises(ConfigError, match=r"^--set train\.optim: unknown key 'peek_lr'"):
+        load_config(RunConfig, f, ["train.optim.peek_lr=1"])
+    with pytest.raises(ConfigError, match=r"e\.g\. sample\.decode\.temperature=…"):  # a key the run config has
+        load_config(RunConfig, f, ["peak_lr"])
+    with pytest.raises(ConfigError, match=r"e\.g\. optim\.peak_lr=…"):
+        load_config(TrainConfig, None, ["peak_lr"])
+    f.write_text("train: {optim: {peak_lr: abc}}\n")  # the file's own fault stays the file's
+    with pytest.raises(ConfigError, match=rf"^{f}\.train\.optim\.peak_lr: expected a number"):
+        load_config(RunConfig, f, ["train.optim.b1=0.9"])

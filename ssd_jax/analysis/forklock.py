@@ -32,6 +32,7 @@ import numpy as np
 from ssd_jax import faults
 from ssd_jax.config import AnalysisConfig, DecodeSpec, ModelSpec
 from ssd_jax.errors import ConfigError, UserError
+from ssd_jax.io_utils import atomic_write_text, json_problem
 from ssd_jax.sampling.truncation import FAST_K, truncated_logprobs
 from ssd_jax.sampling.types import Truncation
 
@@ -231,7 +232,7 @@ def read_responses(path: str | Path, limit: int) -> list[dict]:
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{p}:{i}: not valid JSON ({e.msg})") from None
+                raise UserError(f"{p}:{i}: not valid JSON ({json_problem(e)})") from None
             msgs = rec.get("messages")
             if not isinstance(msgs, list) or not msgs:
                 raise UserError(f"{p}:{i}: expected a 'messages' list (a samples or SFT JSONL record)")
@@ -418,7 +419,6 @@ def write_outputs(result: dict, out: str | Path) -> dict[str, str]:
     """forklock.json (every plotted number), the four panel PNGs and forklock.html, in `out`."""
     from ssd_jax.analysis.page import write_page
     from ssd_jax.analysis.plots import plot_panels
-    from ssd_jax.io_utils import atomic_write_text
 
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)

@@ -22,8 +22,13 @@ class Dataset:
     patterns: tuple[str, ...]  # the files the loaders read
     default_dir: str  # where the paper configs look
 
-    def command(self) -> str:
-        return f"ssd-jax data download {self.name} --to {self.default_dir}"
+    def command(self, to: str | os.PathLike | None = None) -> str:
+        return f"ssd-jax data download {self.name} --to {to or self.default_dir}"
+
+    def folder_for(self, path: str | os.PathLike) -> Path:
+        """Where to download so that a loader's `path` (rStar: its seed_sft folder) is there."""
+        p = Path(path)
+        return p.parent if self.name == "rstar-coder" and p.name == "seed_sft" else p
 
 
 DATASETS = {

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ssd_jax.errors import UserError
+from ssd_jax.io_utils import json_problem
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,8 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, dict]]:
                 continue
             try:
                 out.append((i, json.loads(line)))
-            except ValueError as e:
-                raise UserError(f"{p}:{i}: not valid JSON ({e.msg})") from None
+            except json.JSONDecodeError as e:
+                raise UserError(f"{p}:{i}: not valid JSON ({json_problem(e)})") from None
     return out
 
 

@@ -34,8 +34,9 @@ def check_problem_source(src: ProblemSource, key: str) -> None:
         raise ConfigError(f"{key}.path: required for kind {src.kind!r}")
     if not Path(src.path).exists():
         ds = DATASETS[KIND_DATASET[src.kind]] if src.kind in KIND_DATASET else None
-        hint = f"; expected {ds.what} ({ds.repo}): {ds.command()}" if ds else ""
-        raise UserError(f"{key}.path {src.path!r}: does not exist (relative to {Path.cwd()}){hint}")
+        hint = f"; expected {ds.what} ({ds.repo}): {ds.command(ds.folder_for(src.path))}" if ds else ""
+        where = "" if Path(src.path).is_absolute() else f" (relative to {Path.cwd()})"
+        raise UserError(f"{key}.path {src.path!r}: does not exist{where}{hint}")
     if src.decontaminate_against and not Path(src.decontaminate_against).exists():
         raise UserError(f"{key}.decontaminate_against {src.decontaminate_against!r}: does not exist")
 

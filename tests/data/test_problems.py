@@ -134,7 +134,11 @@ def test_restricted_unpickler_refuses_code(tmp_path):
 
 def test_bad_lcb_line_is_named(tmp_path):
     (tmp_path / "test.jsonl").write_text(json.dumps(lcb_row("x", "2025-03-01", "[]")) + "\n{broken\n")
-    with pytest.raises(UserError, match=r"test.jsonl:2: not valid JSON"):
+    with pytest.raises(UserError, match=r"test.jsonl:2: not valid JSON \(Expecting property name enclosed in double "
+                                         r"quotes at column 2\)"):
+        P.load_livecodebench(tmp_path)
+    (tmp_path / "test.jsonl").write_text('{"question_title": "a\tb"}\n')  # a raw tab inside a string
+    with pytest.raises(UserError, match=r"test.jsonl:1: not valid JSON \(Invalid control character at column 22\)"):
         P.load_livecodebench(tmp_path)
     row = lcb_row("y", "2025-03-01", "[]")
     del row["public_test_cases"]

@@ -206,7 +206,7 @@ def test_a_missing_dataset_is_refused_before_any_stage(setup, capsys):
     err = capsys.readouterr().err
     assert time.monotonic() - t0 < 10
     assert "sample.problems.path 'data/no-such/seed_sft': does not exist" in err
-    assert "microsoft/rStar-Coder" in err and "ssd-jax data download rstar-coder --to data/rStar-Coder" in err
+    assert "microsoft/rStar-Coder" in err and "ssd-jax data download rstar-coder --to data/no-such" in err  # where the config looks
     assert not (out / "manifest.json").exists()
     assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "eval.problems.path=nowhere/lcb"]) == 2
     err = capsys.readouterr().err
