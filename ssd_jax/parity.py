@@ -7,6 +7,7 @@ agreement, over real (non-padding) positions only. The HF side runs eager attent
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,9 +34,12 @@ DEFAULT_PROMPTS = [
 ]
 
 DEFAULT_TOLERANCE = {
-    "float32": {"max_abs_logit_diff": 1e-3, "min_top1_agreement": 1.0},
-    # bf16 rounding differs between XLA and PyTorch kernels; judge by the distributions, not raw logits.
-    "bfloat16": {"max_mean_kl": 1e-2, "min_top1_agreement": 0.95},
+    # max_layer_rel: ‖Δh‖/‖h‖ of each layer's output, so a porting bug is named where it starts (a norm epsilon
+    # 10× off moves SmolLM2's first layer by ~1e-2; fp32 noise is ~1e-6).
+    "float32": {"max_abs_logit_diff": 1e-3, "min_top1_agreement": 1.0, "max_layer_rel": 1e-4},
+    # bf16 rounding differs between XLA and PyTorch kernels; judge by the distributions, not raw logits, and by
+    # the error budget (`bf16_budget`): JAX-bf16 against torch-fp32 within k× torch-bf16's own error.
+    "bfloat16": {"max_mean_kl": 1e-2, "min_top1_agreement": 0.95, "budget_factor": 1.5},
 }
 
 
@@ -48,35 +52,80 @@ class ParityReport:
     n_tokens: int
     max_abs_logit_diff: float
     mean_abs_logit_diff: float
-    layer_max_abs_diff: list[float]
-    layer_max_rel_diff: list[float]  # max |Δ| / max |h_HF| per layer: residual streams can be large
+    # one row per hidden state (HF's `hidden_states`: embeddings, each layer's output, the last with the final
+    # norm): {"label", "max_abs", "rel"}; rel = ‖Δh‖₂/‖h‖₂ over real positions (a max-normalised value hides a
+    # flat absolute error under the few huge activations of late layers)
+    layers: list[dict]
     max_kl: float
     mean_kl: float
     top1_agreement: float
     tolerance: dict = field(default_factory=dict)
+    # bf16 only: the same metrics of JAX-bf16 and of torch-bf16, each against torch-fp32, and the verdict
+    bf16_budget: dict | None = None
+    diverged_at: str | None = None  # the first layer (or "logits") over tolerance
     passed: bool = False
 
     def check(self) -> "ParityReport":
         t = self.tolerance
-        ok = True
-        if "max_abs_logit_diff" in t:
-            ok &= self.max_abs_logit_diff <= t["max_abs_logit_diff"]
-        if "max_mean_kl" in t:
-            ok &= self.mean_kl <= t["max_mean_kl"]
-        if "min_top1_agreement" in t:
-            ok &= self.top1_agreement >= t["min_top1_agreement"]
-        self.passed = bool(ok)
+        fails = []
+        first = next((r["label"] for r in self.layers if r["rel"] > t.get("max_layer_rel", math.inf)), None)
+        if first:
+            fails.append(first)
+        if self.max_abs_logit_diff > t.get("max_abs_logit_diff", math.inf) or \
+                self.mean_kl > t.get("max_mean_kl", math.inf) or \
+                self.top1_agreement < t.get("min_top1_agreement", -math.inf):
+            fails.append("logits")
+        if self.bf16_budget is not None and not self.bf16_budget["passed"]:
+            fails.append(self.bf16_budget["diverged_at"])
+        self.diverged_at = fails[0] if fails else None
+        self.passed = not fails
         return self
 
     def summary(self) -> str:
-        layers = ", ".join(f"{x:.1e}" for x in self.layer_max_rel_diff)
-        return (
+        rows = "\n".join(f"    {r['label']:<28} {r['max_abs']:>10.3e} {r['rel']:>10.3e}" for r in self.layers)
+        text = (
             f"{self.model} [{self.dtype}, {self.padding_side}-padded, {self.n_sequences} seqs, {self.n_tokens} tokens]\n"
             f"  max |Δlogit| {self.max_abs_logit_diff:.3e}   mean |Δlogit| {self.mean_abs_logit_diff:.3e}\n"
             f"  KL(HF‖JAX) max {self.max_kl:.3e} mean {self.mean_kl:.3e}   top-1 agreement {self.top1_agreement:.2%}\n"
-            f"  hidden-state max |Δ|/max|h| per layer: {layers}\n"
-            f"  tolerance {self.tolerance}: {'PASS' if self.passed else 'FAIL'}"
+            f"  hidden states, JAX vs HF:\n    {'':<28} {'max |Δ|':>10} {'‖Δ‖/‖h‖':>10}\n{rows}\n"
         )
+        if self.bf16_budget is not None:
+            text += budget_summary(self.bf16_budget)
+        where = f" (diverged at {self.diverged_at})" if self.diverged_at else ""
+        return text + f"  tolerance {self.tolerance}: {'PASS' if self.passed else 'FAIL' + where}"
+
+
+def layer_labels(n: int) -> list[str]:
+    """Names of HF's n hidden states: the embeddings, layers 0..n-3, and layer n-2's output after the final norm."""
+    return ["embeddings", *(f"layer {i}" for i in range(n - 2)), f"layer {n - 2} + final norm"][:n]
+
+
+def budget_summary(b: dict) -> str:
+    rows = "\n".join(f"    {lab:<28} {j:>10.3e} {t:>10.3e}" for lab, j, t in
+                     zip(b["labels"], b["jax"]["layer_rel"], b["torch"]["layer_rel"]))
+    return (f"  bf16 error budget against torch-fp32 (JAX-bf16 must stay within {b['factor']}× torch-bf16's):\n"
+            f"    {'':<28} {'JAX-bf16':>10} {'torch-bf16':>10}\n"
+            f"    {'max |Δlogit|':<28} {b['jax']['max_abs_logit_diff']:>10.3e} {b['torch']['max_abs_logit_diff']:>10.3e}\n"
+            f"    {'mean KL':<28} {b['jax']['mean_kl']:>10.3e} {b['torch']['mean_kl']:>10.3e}\n"
+            f"    {'top-1 agreement':<28} {b['jax']['top1_agreement']:>10.2%} {b['torch']['top1_agreement']:>10.2%}\n"
+            f"{rows}\n" + (f"    note: {b['note']}\n" if b.get("note") else "")
+            + f"    budget: {'PASS' if b['passed'] else 'FAIL at ' + str(b['diverged_at'])}\n")
+
+
+def bf16_budget(ours: dict, torchs: dict, factor: float, labels: list[str], note: str = "") -> dict:
+    """Verdict of the bf16 error budget: JAX-bf16's distance from torch-fp32 (`ours`, `compare` output) within
+    `factor`× torch-bf16's (`torchs`), per layer and at the logits. A floor of fp32 noise (1e-6 relative, 1e-4 on
+    logits) keeps an exact torch-bf16 layer from demanding exactness."""
+    diverged = None
+    for lab, j, t in zip(labels, ours["layer_rel"], torchs["layer_rel"]):
+        if j > factor * max(t, 1e-6):
+            diverged = lab
+            break
+    if diverged is None and (ours["max_abs_logit_diff"] > factor * max(torchs["max_abs_logit_diff"], 1e-4)
+                             or ours["mean_kl"] > factor * max(torchs["mean_kl"], 1e-10)):
+        diverged = "logits"
+    return {"factor": factor, "labels": labels, "jax": ours, "torch": torchs, "note": note,
+            "passed": diverged is None, "diverged_at": diverged}
 
 
 def read_prompts(path: str | os.PathLike) -> list[str]:
@@ -170,11 +219,10 @@ def compare(hf_logits, jax_logits, mask, hf_hidden=(), jax_hidden=()) -> dict:
         n_tokens=int(valid.sum()),
         max_abs_logit_diff=float(diff.max()),
         mean_abs_logit_diff=float(diff.mean()),
-        layer_max_abs_diff=[float(np.abs(h[valid] - j[valid]).max()) for h, j in zip(hf_hidden, jax_hidden)],
-        layer_max_rel_diff=[
-            float(np.abs(h[valid] - j[valid]).max() / max(np.abs(h[valid]).max(), 1e-30))
-            for h, j in zip(hf_hidden, jax_hidden)
-        ],
+        layer_max_abs=[float(np.abs(h[valid] - j[valid]).max()) for h, j in zip(hf_hidden, jax_hidden)],
+        layer_rel=[float(np.linalg.norm((h[valid] - j[valid]).astype(np.float64))
+                         / max(np.linalg.norm(h[valid].astype(np.float64)), 1e-30))
+                   for h, j in zip(hf_hidden, jax_hidden)],
         max_kl=float(kl.max()),
         mean_kl=float(kl.mean()),
         top1_agreement=float(np.mean(a.argmax(-1) == b.argmax(-1))),
@@ -220,9 +268,27 @@ def run_parity(hf_dir: str | os.PathLike, *, dtype: str = "float32", prompts: li
     hf_logits, hf_hidden = hf_forward(ref, ids, mask)
     jax_logits, jax_hidden = jax_forward(model, ids, mask)
     metrics = compare(hf_logits, jax_logits, mask, hf_hidden, jax_hidden)
+    labels = layer_labels(len(hf_hidden))
+    layers = [{"label": lab, "max_abs": a, "rel": r}
+              for lab, a, r in zip(labels, metrics.pop("layer_max_abs"), metrics.pop("layer_rel"))]
+    tolerance = tolerance or DEFAULT_TOLERANCE[dtype]
+    budget = None
+    if dtype == "bfloat16":  # both bf16 sides against torch in fp32
+        del ref
+        ref32_logits, ref32_hidden = hf_forward(load_hf_reference(d, "float32"), ids, mask)
+        budget = bf16_budget(compare(ref32_logits, jax_logits, mask, ref32_hidden, jax_hidden),
+                             compare(ref32_logits, hf_logits, mask, ref32_hidden, hf_hidden),
+                             tolerance.get("budget_factor", 1.5), labels, bf16_backend_note(model))
     report = ParityReport(model=str(hf_dir), dtype=dtype, padding_side=padding_side, n_sequences=len(ids),
-                          tolerance=tolerance or DEFAULT_TOLERANCE[dtype], **metrics)
+                          layers=layers, tolerance=tolerance, bf16_budget=budget, **metrics)
     return report.check()
+
+
+def bf16_backend_note(model) -> str:
+    """Said beside a bf16 budget measured where XLA computes bf16 arithmetic in fp32 (its CPU backend)."""
+    platform = next(iter(jax.tree.leaves(nnx.state(model, nnx.Param)))).devices().pop().platform
+    return ("XLA:CPU computes bf16 in fp32, so JAX's error here is mostly the bf16 weights'; the budget's real use "
+            "is on a GPU") if platform == "cpu" else ""
 
 
 def _maybe_tokenizer(hf_dir):
