@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ssd_jax import run_lock
@@ -33,6 +34,9 @@ def _mesh_arg(text: str | None):
 def cmd_parity(args) -> int:
     from ssd_jax import parity
 
+    if args.train:
+        return _train_parity(args)
+
     prompts = parity.read_prompts(args.prompts) if args.prompts else None
     tol = dict(parity.DEFAULT_TOLERANCE[args.dtype]) if args.dtype in parity.DEFAULT_TOLERANCE else None
     if tol is not None and args.max_abs is not None:
@@ -46,6 +50,21 @@ def cmd_parity(args) -> int:
         parity.write_report(report, args.out)
         print(f"report: {args.out}")
     parity.enforce(report)
+    return 0
+
+
+def _train_parity(args) -> int:
+    from ssd_jax import train_parity as tp
+
+    optim = tp.paper_optim(args.steps)
+    if args.peak_lr is not None:
+        optim = replace(optim, peak_lr=args.peak_lr, floor_lr=min(optim.floor_lr, args.peak_lr))
+    report = tp.run_train_parity(args.hf, data=args.data, steps=args.steps, rows=args.rows, seq_len=args.seq_len,
+                                 dtype=args.dtype, optim=optim)
+    print(report.summary())
+    if args.out:
+        print("report: " + ", ".join(tp.write_outputs(report, args.out)))
+    tp.enforce(report)
     return 0
 
 
@@ -327,7 +346,16 @@ def _add_model_commands(sub) -> None:
     q.add_argument("--mesh", help="load the JAX model onto a mesh, e.g. fsdp=4,tensor=2")
     q.add_argument("--max-abs", type=float, help="override the max |Δlogit| tolerance")
     q.add_argument("--min-top1", type=float, help="override the minimum top-1 agreement")
-    q.add_argument("--out", help="write the JSON report here")
+    q.add_argument("--out", help="write the JSON report here (with --train also a PNG beside it)")
+    t = q.add_argument_group("training (--train): N steps of our SFT step against HF transformers + torch AdamW")
+    t.add_argument("--train", action="store_true", help="compare training steps instead of one forward pass")
+    t.add_argument("--steps", type=int, default=10)
+    t.add_argument("--rows", type=int, default=4, help="packed rows per step")
+    t.add_argument("--seq-len", type=int, default=512, help="tokens per row")
+    t.add_argument("--data", help="SFT JSONL ({'messages': [...]}); default: built-in prompts with the model's own "
+                                  "greedy answers (random token rows for a model without tokenizer)")
+    t.add_argument("--peak-lr", type=float, help="default: the paper's 5e-6 (AdamW 0.9/0.95, wd 0.1, clip 1.0, "
+                                                 "Megatron warm-up over steps/5, cosine to 1e-6)")
     q.set_defaults(fn=cmd_parity)
 
     c = _command(sub, "convert", help="HF directory ⇄ orbax model checkpoint (or HF → HF with a new dtype)")

@@ -258,7 +258,7 @@ def run_parity(hf_dir: str | os.PathLike, *, dtype: str = "float32", prompts: li
     d = bundled.resolve_model(str(hf_dir))  # the same directory for both frameworks and the tokenizer
     model = hf_io.load_model(ModelSpec(path=str(d), dtype=dtype), mesh, "score")
     ref = load_hf_reference(d, dtype)
-    tokenizer = _maybe_tokenizer(d)
+    tokenizer = maybe_tokenizer(d)
     if tokenizer is not None:
         ids, mask = encode(tokenizer, prompts or DEFAULT_PROMPTS, padding_side, chat=chat)
     else:
@@ -291,7 +291,7 @@ def bf16_backend_note(model) -> str:
             "is on a GPU") if platform == "cpu" else ""
 
 
-def _maybe_tokenizer(hf_dir):
+def maybe_tokenizer(hf_dir):
     if not any((Path(hf_dir) / f).exists() for f in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         return None
     from ssd_jax.models.hf import load_tokenizer

@@ -16,7 +16,7 @@ from ssd_jax.errors import ConfigError
 from ssd_jax.models import hf
 from ssd_jax.train import optim, step as train_step
 from tests.hlo import jaxpr_dots
-from tests.train import torch_ref
+from ssd_jax import torch_reference as torch_ref
 
 OPT = OptimConfig(peak_lr=1e-3, floor_lr=1e-4, warmup_steps=5, total_steps=20, clip_norm=1.0)
 
