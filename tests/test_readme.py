@@ -1,5 +1,6 @@
 """README.md's commands run as a reader would type them, on tiny stand-ins; the README stays short; every relative
-link in README.md and docs/*.md points at a file (and heading) that exists.
+link in README.md and docs/*.md points at a file (and heading) that exists; every `ssd-jax` line in docs/*.md, usage
+lines included, parses with the CLI's parser.
 
 Which lines are commands: in a fenced code block of README.md, every line that starts with `ssd-jax ` after optional
 leading whitespace; a line ending in `\\` continues on the next; a trailing `# comment` is dropped (shell rules).
@@ -197,8 +198,8 @@ def test_relative_links_resolve():
     assert checked > 30 and not broken, "\n".join(broken)
 
 
-def test_marked_commands_parse_and_their_configs_load():
-    """A command in a `needs:` block is not run here, but a bad subcommand, flag, choice or config key still fails."""
+def _check_parses(argv: list[str], where: str, config_must_exist: bool = True) -> None:
+    """The CLI's own parser takes `argv`, and its `--config` (a file of the repository) loads with its `--set`s."""
     from ssd_jax import cli
     from ssd_jax.config import (AnalysisConfig, EvalConfig, FilterConfig, RunConfig, SampleConfig, TrainConfig,
                                 load_config)
@@ -206,20 +207,56 @@ def test_marked_commands_parse_and_their_configs_load():
 
     classes = {"run": RunConfig, "train": TrainConfig, "sample": SampleConfig, "eval": EvalConfig,
                "baselines": EvalConfig, "sweep": EvalConfig, "filter": FilterConfig, "analyze": AnalysisConfig}
+    try:
+        args = cli.build_parser().parse_args(argv)
+    except SystemExit:
+        pytest.fail(f"{where}: `ssd-jax {shlex.join(argv)}` does not parse (see the usage message above)")
+    if getattr(args, "config", None):
+        path = REPO / args.config
+        if not path.exists():
+            assert not config_must_exist, f"{where}: no config {args.config}"
+        elif args.command == "plan":
+            load_plan_config(path, args.set or [])
+        else:
+            load_config(classes[args.command], path, args.set or [])
+
+
+def test_marked_commands_parse_and_their_configs_load():
+    """A command in a `needs:` block is not run here, but a bad subcommand, flag, choice or config key still fails."""
     marked = [c for c in commands(README.read_text()) if c.needs]
     assert {n for c in marked for n in c.needs} == NEEDS  # the README has both kinds; each is checked
     for c in marked:
-        try:
-            args = cli.build_parser().parse_args(c.argv)
-        except SystemExit:
-            pytest.fail(f"README.md:{c.line}: {c.text!r} does not parse (see the usage message above)")
-        if getattr(args, "config", None):
-            path = REPO / args.config
-            assert path.exists(), f"README.md:{c.line}: no config {args.config}"
-            if args.command == "plan":
-                load_plan_config(path, args.set or [])
-            else:
-                load_config(classes[args.command], path, args.set or [])
+        _check_parses(c.argv, f"README.md:{c.line}")
+
+
+def synopsis_argv(text: str) -> list[str]:
+    """A usage line of docs/ as one command: optional `[...]` groups kept, the first of `a|b` alternatives taken."""
+    while re.search(r"\[[^\[\]]*\]", text):
+        text = re.sub(r"\[([^\[\]]*)\]", r"\1", text)
+    words = shlex.split(text)[1:]
+    out, skip = [], False
+    for w in words:
+        if w == "|":
+            skip = True  # `bundle a | b`: the alternative after the bar is dropped
+        elif skip:
+            skip = False
+        else:
+            out.append(w.split("|")[0] if "|" in w and "=" not in w else w)
+    return out
+
+
+def test_docs_commands_parse():
+    """Every `ssd-jax` line in the code blocks of docs/*.md, usage lines included, names real subcommands, flags and
+    choices; a shipped config it names loads with its overrides."""
+    assert synopsis_argv("ssd-jax convert SRC OUT [--to orbax|hf] [--mesh …]") == \
+        ["convert", "SRC", "OUT", "--to", "orbax", "--mesh", "…"]
+    assert synopsis_argv("ssd-jax bundle smollm2-135m | qwen-tokenizer [--force]") == ["bundle", "smollm2-135m", "--force"]
+    n = 0
+    for page in sorted((REPO / "docs").glob("*.md")):
+        for c in commands(page.read_text(), page.name):
+            _check_parses(synopsis_argv(c.text), f"docs/{page.name}:{c.line}", config_must_exist=False)
+            n += 1
+    assert n >= 15
 
 
 def test_readme_commands_run(tmp_path):
