@@ -27,7 +27,7 @@ def test_reproduces_the_papers_optima(result):
 
 def test_both_readings_of_the_tail_give_the_same_optima(result):
     # The tails never enter the top-p 0.80 set near the optima (nor the training top-p 0.85 set), so the
-    # "12 remaining tokens" (V=16) and "15-token tail" (V=19) readings agree to 0.001 pp: the README says so.
+    # "12 remaining tokens" (V=16) and "15-token tail" (V=19) readings agree to 0.001 pp: docs/analysis.md says so.
     a, b = (result.readings[toy.READINGS[v]] for v in (16, 19))
     for name in ("teacher", "student"):
         assert abs(a[name]["success"] - b[name]["success"]) < 1e-4
