@@ -34,8 +34,12 @@ def _mesh_arg(text: str | None):
 def cmd_parity(args) -> int:
     from ssd_jax import parity
 
+    if args.train and args.sampler:
+        raise UserError("parity: --train and --sampler are two checks; run one at a time")
     if args.train:
         return _train_parity(args)
+    if args.sampler:
+        return _sampler_parity(args)
 
     prompts = parity.read_prompts(args.prompts) if args.prompts else None
     tol = dict(parity.DEFAULT_TOLERANCE[args.dtype]) if args.dtype in parity.DEFAULT_TOLERANCE else None
@@ -65,6 +69,20 @@ def _train_parity(args) -> int:
     if args.out:
         print("report: " + ", ".join(tp.write_outputs(report, args.out)))
     tp.enforce(report)
+    return 0
+
+
+def _sampler_parity(args) -> int:
+    from ssd_jax import parity, sampler_parity as sp
+
+    prompts = parity.read_prompts(args.prompts) if args.prompts else None
+    report = sp.run_sampler_parity(args.hf, prompts=prompts, dtype=args.dtype, temperature=args.temperature,
+                                   top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens)
+    print(report.summary())
+    if args.out:
+        sp.write_report(report, args.out)
+        print(f"report: {args.out}")
+    sp.enforce(report)
     return 0
 
 
@@ -356,6 +374,12 @@ def _add_model_commands(sub) -> None:
                                   "greedy answers (random token rows for a model without tokenizer)")
     t.add_argument("--peak-lr", type=float, help="default: the paper's 5e-6 (AdamW 0.9/0.95, wd 0.1, clip 1.0, "
                                                  "Megatron warm-up over steps/5, cosine to 1e-6)")
+    v = q.add_argument_group("sampler (--sampler): our truncated next-token distribution against vLLM's")
+    v.add_argument("--sampler", action="store_true", help="compare sampling distributions with vLLM (needs vLLM)")
+    v.add_argument("--temperature", type=float, default=1.6, help="default: the paper's Qwen3 instruct sampling")
+    v.add_argument("--top-k", type=int, default=20)
+    v.add_argument("--top-p", type=float, default=0.8)
+    v.add_argument("--max-tokens", type=int, default=32, help="positions per prompt (sampled and greedy)")
     q.set_defaults(fn=cmd_parity)
 
     c = _command(sub, "convert", help="HF directory ⇄ orbax model checkpoint (or HF → HF with a new dtype)")

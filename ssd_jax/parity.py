@@ -19,7 +19,8 @@ from flax import nnx
 
 from ssd_jax.errors import ToleranceError, UserError
 from ssd_jax.io_utils import atomic_write_text, json_problem
-from ssd_jax.models import padded_positions
+from ssd_jax.models import moe, padded_positions
+from ssd_jax.models.layers import rope_inv_freq, rope_tables
 
 # Real coding prompts: what SSD's models see. Mixed lengths so that the batch is really padded.
 DEFAULT_PROMPTS = [
@@ -36,10 +37,12 @@ DEFAULT_PROMPTS = [
 DEFAULT_TOLERANCE = {
     # max_layer_rel: ‖Δh‖/‖h‖ of each layer's output, so a porting bug is named where it starts (a norm epsilon
     # 10× off moves SmolLM2's first layer by ~1e-2; fp32 noise is ~1e-6).
-    "float32": {"max_abs_logit_diff": 1e-3, "min_top1_agreement": 1.0, "max_layer_rel": 1e-4},
+    "float32": {"max_abs_logit_diff": 1e-3, "min_top1_agreement": 1.0, "max_layer_rel": 1e-4,
+                "min_router_agreement": 0.999},
     # bf16 rounding differs between XLA and PyTorch kernels; judge by the distributions, not raw logits, and by
     # the error budget (`bf16_budget`): JAX-bf16 against torch-fp32 within k× torch-bf16's own error.
-    "bfloat16": {"max_mean_kl": 1e-2, "min_top1_agreement": 0.95, "budget_factor": 1.5},
+    "bfloat16": {"max_mean_kl": 1e-2, "min_top1_agreement": 0.95, "budget_factor": 1.5,
+                 "min_router_agreement": 0.9},
 }
 
 
@@ -62,6 +65,9 @@ class ParityReport:
     tolerance: dict = field(default_factory=dict)
     # bf16 only: the same metrics of JAX-bf16 and of torch-bf16, each against torch-fp32, and the verdict
     bf16_budget: dict | None = None
+    # MoE only, per MoE layer: {"label", "topk_agreement" (share of real tokens whose top-k expert set is HF's),
+    # "max_router_logit_diff", "max_topk_weight_diff"}
+    routers: list[dict] | None = None
     diverged_at: str | None = None  # the first layer (or "logits") over tolerance
     passed: bool = False
 
@@ -71,6 +77,10 @@ class ParityReport:
         first = next((r["label"] for r in self.layers if r["rel"] > t.get("max_layer_rel", math.inf)), None)
         if first:
             fails.append(first)
+        bad = next((r["label"] for r in self.routers or () if r["topk_agreement"] < t.get("min_router_agreement", 0)),
+                   None)
+        if bad:
+            fails.append(f"{bad} router")
         if self.max_abs_logit_diff > t.get("max_abs_logit_diff", math.inf) or \
                 self.mean_kl > t.get("max_mean_kl", math.inf) or \
                 self.top1_agreement < t.get("min_top1_agreement", -math.inf):
@@ -89,6 +99,10 @@ class ParityReport:
             f"  KL(HF‖JAX) max {self.max_kl:.3e} mean {self.mean_kl:.3e}   top-1 agreement {self.top1_agreement:.2%}\n"
             f"  hidden states, JAX vs HF:\n    {'':<28} {'max |Δ|':>10} {'‖Δ‖/‖h‖':>10}\n{rows}\n"
         )
+        if self.routers:
+            text += f"  MoE routing, JAX vs HF:\n    {'':<28} {'top-k set':>10} {'max Δlogit':>10} {'max Δweight':>11}\n"
+            text += "".join(f"    {r['label']:<28} {r['topk_agreement']:>10.2%} {r['max_router_logit_diff']:>10.3e} "
+                            f"{r['max_topk_weight_diff']:>11.3e}\n" for r in self.routers)
         if self.bf16_budget is not None:
             text += budget_summary(self.bf16_budget)
         where = f" (diverged at {self.diverged_at})" if self.diverged_at else ""
@@ -208,6 +222,57 @@ def jax_forward(model, ids: np.ndarray, mask: np.ndarray):
     return np.asarray(out.logits, np.float32), [np.asarray(h, np.float32) for h in out.hidden_states]
 
 
+@nnx.jit
+def _router_logits(layer, h, rope, segment_ids):
+    """A MoE layer's router logits (B·T, E) from its input `h`, through its own attention and norms."""
+    a, _ = layer.attn(layer.input_layernorm(h), rope, segment_ids)
+    x = layer.post_attention_layernorm(h + a.astype(h.dtype))
+    return moe.route(x.reshape(-1, x.shape[-1]).astype(layer.mlp.dtype), layer.mlp.router[...], 1, False)[0]
+
+
+def router_comparison(model, ref, ids: np.ndarray, mask: np.ndarray, jax_hidden) -> list[dict]:
+    """Per MoE layer: the share of real tokens routed to the same top-k experts as HF routes them, and the largest
+    router-logit and top-k-weight differences. Each JAX layer routes its own input (our hidden state), so a
+    difference is the layer's, not an upstream one's."""
+    import torch
+
+    cfg = model.cfg
+    with torch.no_grad():
+        out = ref(input_ids=torch.as_tensor(ids, dtype=torch.long), attention_mask=torch.as_tensor(mask, dtype=torch.long),
+                  position_ids=torch.as_tensor(np.array(padded_positions(jnp.asarray(mask))), dtype=torch.long),
+                  output_router_logits=True)
+    theirs = [r.float().numpy().reshape(-1, cfg.moe.num_experts) for r in out.router_logits]
+    m = jnp.asarray(mask)
+    rope = rope_tables(padded_positions(m), rope_inv_freq(cfg.rope, cfg.head_dim), cfg.dtype)
+    valid = mask.reshape(-1).astype(bool)
+    rows, g, k = [], 0, cfg.moe.top_k
+    for stack, (sparse, n) in zip(model.layers, cfg.layer_stacks()):
+        graphdef, state = nnx.split(stack)
+        for j in range(n):
+            if sparse:
+                layer = nnx.merge(graphdef, jax.tree.map(lambda a, j=j: a[j], state))
+                ours = np.asarray(_router_logits(layer, jnp.asarray(jax_hidden[g], cfg.dtype), rope, m), np.float32)
+                rows.append(_route_difference(f"layer {g}", ours[valid], theirs[len(rows)][valid], k,
+                                              cfg.moe.norm_topk_prob))
+            g += 1
+    return rows
+
+
+def _route_difference(label: str, ours: np.ndarray, theirs: np.ndarray, k: int, norm: bool) -> dict:
+    def topk(logits):
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        idx = np.sort(np.argsort(-p, axis=-1, kind="stable")[:, :k], axis=-1)
+        w = np.take_along_axis(p, idx, -1)
+        return idx, (w / w.sum(-1, keepdims=True) if norm else w)
+
+    (ia, wa), (ib, wb) = topk(ours.astype(np.float64)), topk(theirs.astype(np.float64))
+    same = np.all(ia == ib, axis=-1)
+    return {"label": label, "topk_agreement": float(same.mean()),
+            "max_router_logit_diff": float(np.abs(ours - theirs).max()),
+            "max_topk_weight_diff": float(np.abs(wa - wb)[same].max()) if same.any() else float("nan")}
+
+
 def compare(hf_logits, jax_logits, mask, hf_hidden=(), jax_hidden=()) -> dict:
     valid = mask.astype(bool)
     a, b = hf_logits[valid].astype(np.float64), jax_logits[valid].astype(np.float64)
@@ -274,13 +339,13 @@ def run_parity(hf_dir: str | os.PathLike, *, dtype: str = "float32", prompts: li
     tolerance = tolerance or DEFAULT_TOLERANCE[dtype]
     budget = None
     if dtype == "bfloat16":  # both bf16 sides against torch in fp32
-        del ref
         ref32_logits, ref32_hidden = hf_forward(load_hf_reference(d, "float32"), ids, mask)
         budget = bf16_budget(compare(ref32_logits, jax_logits, mask, ref32_hidden, jax_hidden),
                              compare(ref32_logits, hf_logits, mask, ref32_hidden, hf_hidden),
                              tolerance.get("budget_factor", 1.5), labels, bf16_backend_note(model))
+    routers = router_comparison(model, ref, ids, mask, jax_hidden) if model.cfg.moe else None
     report = ParityReport(model=str(hf_dir), dtype=dtype, padding_side=padding_side, n_sequences=len(ids),
-                          layers=layers, tolerance=tolerance, bf16_budget=budget, **metrics)
+                          layers=layers, tolerance=tolerance, bf16_budget=budget, routers=routers, **metrics)
     return report.check()
 
 

@@ -9,7 +9,6 @@ losses would differ.
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import numpy as np
@@ -51,19 +50,19 @@ def unpack(batch: dict) -> tuple[np.ndarray, ...]:
     return ids, tgt, w, mask
 
 
-def loss_and_backward(model, batch: dict, autocast_bf16: bool = False) -> float:
+def loss_and_backward(model, batch: dict) -> float:
     """Σ w·CE / Σ w over the batch's real tokens, backpropagated into the model's .grad."""
     import torch
 
     ids, tgt, w, mask = unpack(batch)
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast_bf16 else contextlib.nullcontext()
-    with ctx:
-        logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
-    # In float64: on confident tokens CE = logsumexp − z[target] cancels, and torch's fp32 cross-entropy alone is
-    # 8e-6 of SmolLM2's loss away from the exact value (ours, fp32 throughout, is 1e-7 away).
-    ce = torch.nn.functional.cross_entropy(logits.double().reshape(-1, logits.shape[-1]),
-                                           torch.tensor(tgt).reshape(-1), reduction="none")
-    wt = torch.tensor(w, dtype=torch.float64).reshape(-1)
+    logits = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits
+    # CE as logsumexp(z − z[target]): on a confident token `cross_entropy`'s logsumexp(z) − z[target] cancels two
+    # numbers near max z, and alone put SmolLM2's fp32 loss 8e-6 (relative) off the float64 value; this form
+    # stays within 1e-7 of it, as ours does.
+    z = logits.float().reshape(-1, logits.shape[-1])
+    zt = z.gather(1, torch.tensor(tgt).reshape(-1, 1))
+    ce = torch.logsumexp(z - zt, dim=-1)
+    wt = torch.tensor(w).reshape(-1)
     loss = (ce * wt).sum() / wt.sum()
     loss.backward()
     return loss.item()
@@ -82,18 +81,44 @@ def make_optimizer(model, cfg: OptimConfig):
                              lr=reference_lr(cfg, 0), betas=(cfg.b1, cfg.b2), eps=cfg.eps)
 
 
-def train_step(model, opt, batch: dict, cfg: OptimConfig, updates_done: int, autocast_bf16: bool = False,
+class BF16Compute:
+    """A bf16 copy of an fp32 model for the forward and backward, the fp32 model as master weights the optimizer
+    updates: what `model.dtype: bfloat16, param_dtype: float32` does in ssd-jax (activations in bf16 too, which
+    torch.autocast would keep in fp32)."""
+
+    def __init__(self, master):
+        import copy
+
+        import torch
+
+        self.master = master
+        self.compute = copy.deepcopy(master).to(torch.bfloat16)
+
+    def forward_backward(self, batch: dict) -> float:
+        import torch
+
+        with torch.no_grad():
+            for c, m in zip(self.compute.parameters(), self.master.parameters()):
+                c.copy_(m)
+        self.compute.zero_grad()
+        loss = loss_and_backward(self.compute, batch)
+        for c, m in zip(self.compute.parameters(), self.master.parameters()):
+            m.grad = c.grad.float()
+        return loss
+
+
+def train_step(model, opt, batch: dict, cfg: OptimConfig, updates_done: int, bf16: BF16Compute | None = None,
                keep_grads: bool = False) -> dict:
-    """One SFT update: loss, pre-clip gradient norm, learning rate, ‖Δw‖; with `keep_grads` the (pre-clip)
-    gradients by HF parameter name."""
+    """One SFT update of `model` (fp32; with `bf16`, computed by its bf16 copy): loss, pre-clip gradient norm,
+    learning rate, ‖Δw‖; with `keep_grads` the (pre-clip) gradients by HF parameter name."""
     import torch
 
     lr = reference_lr(cfg, updates_done)
     for g in opt.param_groups:
         g["lr"] = lr
-    loss = loss_and_backward(model, batch, autocast_bf16)
+    loss = bf16.forward_backward(batch) if bf16 is not None else loss_and_backward(model, batch)
     params = [p for p in model.parameters()]
-    grads = {n: p.grad.detach().double().numpy().copy() for n, p in model.named_parameters()} if keep_grads else None
+    grads = {n: p.grad.detach().float().numpy().copy() for n, p in model.named_parameters()} if keep_grads else None
     if cfg.clip_norm:
         gnorm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip_norm))
     else:

@@ -4,8 +4,8 @@ cosine, clipping) on a checkpoint, beside HF transformers + torch AdamW (`torch_
 Per step both sides report the loss, the pre-clip gradient norm, the learning rate and ‖Δw‖; after the first and
 the last step, the gradients and the weights are compared per parameter group (embedding, each layer's attention /
 MLP / router / each expert, norms, head), in HF's names and layout through the exporter's key map. The verdict
-names the first quantity over tolerance, in step order. In bf16 (JAX: bf16 compute over fp32 masters; torch:
-autocast) both sides are also measured against torch in fp32, and JAX must stay within k× torch's own error.
+names the first quantity over tolerance, in step order. In bf16 (both: bf16 compute over fp32 master weights)
+both sides are measured against torch in fp32, and JAX must stay within k× torch's own error.
 """
 
 from __future__ import annotations
@@ -37,9 +37,11 @@ def paper_optim(steps: int) -> OptimConfig:
 
 TOLERANCE = {
     # relative differences: loss and lr per step; gradient and update norms per step; per-group gradients and
-    # weights (‖Δ‖ over ‖reference‖ for gradients, over the reference's own movement for weights)
+    # weights (‖Δ‖ over ‖reference‖ for gradients, over the reference's own movement for weights: Adam's
+    # normalised step turns fp32 noise in a near-zero gradient element into a full-size step of either sign, so
+    # a group of small gradients, a MoE router's, moves ~1% apart after a few steps without any bug)
     "float32": {"loss": 1e-5, "grad_norm": 1e-4, "lr": 1e-6, "update_norm": 1e-3, "group_grad": 1e-3,
-                "group_weight": 1e-2},
+                "group_weight": 5e-2},
     "bfloat16": {"budget_factor": 1.5, "lr": 1e-6},
 }
 
@@ -70,6 +72,12 @@ class TrainParityReport:
             lines.append(f"  {r['step']:>4} {j['lr']:>10.3e} {j['loss']:>12.7f} {t['loss']:>12.7f} "
                          f"{d['loss']:>9.1e} {j['grad_norm']:>10.4e} {d['grad_norm']:>9.1e} "
                          f"{j['update_norm']:>10.4e} {d['update_norm']:>9.1e}")
+        for r in self.per_step:
+            if "grad_rel_to_fp32" in r:
+                g = r["grad_rel_to_fp32"]
+                lines.append(f"  step {r['step']}: gradient off torch-fp32's by {g['jax']:.2e} (JAX-bf16) and "
+                             f"{g['torch']:.2e} (torch-bf16); loss by {r['rel_to_fp32']['jax']['loss']:.2e} and "
+                             f"{r['rel_to_fp32']['torch']['loss']:.2e}")
         for when, rows in self.groups.items():
             worst = sorted(rows, key=lambda g: -g["grad_rel"])[:3]
             lines.append(f"  after step {when}: largest per-group gradient differences " +
@@ -127,8 +135,8 @@ def torch_tensors(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def group_differences(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray],
-                      scale: dict[str, np.ndarray] | None = None) -> list[dict]:
-    """Per group ‖ours − ref‖ / ‖scale‖ (scale: ref itself, or the reference's movement for weights)."""
+                      start: dict[str, np.ndarray] | None = None) -> list[dict]:
+    """Per group ‖ours − ref‖ / ‖ref‖, or / ‖ref − start‖ (the reference's own movement, for weights)."""
     num: dict[str, float] = {}
     den: dict[str, float] = {}
     missing = sorted(set(ref) - set(ours))
@@ -137,11 +145,18 @@ def group_differences(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray],
     for k, r in ref.items():
         g = param_group(k)
         d = ours[k].astype(np.float64) - r.astype(np.float64)
-        s = (scale or ref)[k].astype(np.float64)
+        s = r.astype(np.float64) - (start[k] if start is not None else 0.0)
         num[g] = num.get(g, 0.0) + float(np.sum(d * d))
         den[g] = den.get(g, 0.0) + float(np.sum(s * s))
     return [{"group": g, "rel": math.sqrt(num[g]) / max(math.sqrt(den[g]), 1e-30) if den[g] else
              (0.0 if num[g] == 0 else math.inf)} for g in num]
+
+
+def total_difference(ours: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
+    """‖ours − ref‖ / ‖ref‖ over every tensor at once."""
+    num = sum(float(np.sum((ours[k].astype(np.float64) - r.astype(np.float64)) ** 2)) for k, r in ref.items())
+    den = sum(float(np.sum(r.astype(np.float64) ** 2)) for r in ref.values())
+    return math.sqrt(num) / max(math.sqrt(den), 1e-30)
 
 
 def _rel(a: float, b: float) -> float:
@@ -222,11 +237,11 @@ def _jax_tensors(model, tree=None) -> dict[str, np.ndarray]:
     if tree is not None:
         graphdef, _, rest = nnx.split(model, nnx.Param, ...)
         model = nnx.merge(graphdef, tree, rest)
-    return {k: np.asarray(v, np.float64) for k, v in hf.hf_tensors(model)}
+    return {k: np.asarray(v, np.float32) for k, v in hf.hf_tensors(model)}
 
 
 def _torch_named(ref) -> dict[str, np.ndarray]:
-    return torch_tensors({n: p.detach().double().numpy().copy() for n, p in ref.named_parameters()})
+    return torch_tensors({n: p.detach().float().numpy().copy() for n, p in ref.named_parameters()})
 
 
 def run_train_parity(model_path: str, *, data: str | None = None, steps: int = 10, rows: int = 4,
@@ -247,7 +262,7 @@ def run_train_parity(model_path: str, *, data: str | None = None, steps: int = 1
     ref32.train()
     batches, where = make_batches(d, ref32, data, steps, rows, seq_len)
 
-    # Torch in fp32 (the reference in both dtypes), then with bf16 autocast over fp32 weights for the bf16 budget.
+    # Torch in fp32 (the reference in both dtypes), then bf16 compute over fp32 masters for the bf16 budget.
     sides = {"torch": (ref32, False)}
     if dtype == "bfloat16":
         ref_bf16 = parity.load_hf_reference(d, "float32")
@@ -256,12 +271,13 @@ def run_train_parity(model_path: str, *, data: str | None = None, steps: int = 1
     torch_runs: dict[str, list[dict]] = {}
     torch_snap: dict[str, dict] = {}
     w0 = _torch_named(ref32)
-    for side, (ref, autocast) in sides.items():
+    for side, (ref, bf16) in sides.items():
         opt = tr.make_optimizer(ref, ocfg)
+        compute = tr.BF16Compute(ref) if bf16 else None
         torch_runs[side] = []
         for i, b in enumerate(batches):
             keep = i in (0, steps - 1)
-            r = tr.train_step(ref, opt, b, ocfg, i, autocast_bf16=autocast, keep_grads=keep)
+            r = tr.train_step(ref, opt, b, ocfg, i, bf16=compute, keep_grads=keep)
             if keep:
                 torch_snap[f"{side}/{i + 1}"] = {"grads": torch_tensors(r.pop("grads")), "weights": _torch_named(ref)}
             r.pop("grads", None)
@@ -287,9 +303,13 @@ def run_train_parity(model_path: str, *, data: str | None = None, steps: int = 1
             if i in (0, steps - 1):
                 ref_side = "torch32" if dtype == "bfloat16" else "torch"
                 snap = torch_snap[f"{ref_side}/{i + 1}"]
-                move = {k: snap["weights"][k] - w0[k] for k in w0}
-                g = group_differences(_jax_tensors(model, grads), snap["grads"])
-                w = group_differences(_jax_tensors(model), snap["weights"], scale=move)
+                ours_g = _jax_tensors(model, grads)
+                g = group_differences(ours_g, snap["grads"])
+                if dtype == "bfloat16":  # the whole gradient's distance from torch-fp32's, ours and torch-bf16's
+                    row["grad_rel_to_fp32"] = {"jax": total_difference(ours_g, snap["grads"]),
+                                               "torch": total_difference(torch_snap[f"torch/{i + 1}"]["grads"],
+                                                                         snap["grads"])}
+                w = group_differences(_jax_tensors(model), snap["weights"], start=w0)
                 wrel = {x["group"]: x["rel"] for x in w}
                 groups[str(i + 1)] = [{"group": x["group"], "grad_rel": x["rel"], "weight_rel": wrel[x["group"]]}
                                       for x in g]
@@ -317,12 +337,17 @@ def first_divergence(r: TrainParityReport) -> str | None:
         if row["rel"]["lr"] > t["lr"]:
             return f"step {s}: learning rate {row['jax']['lr']:.6g} vs torch {row['torch']['lr']:.6g}"
         if r.dtype == "bfloat16":
+            # Judged on the loss (with a floor of bf16's own resolution, 2^-8: one scalar's error is one draw) and
+            # on the whole gradient after steps 1 and N (millions of elements: a stable measure); the gradient and
+            # update norms are single draws too, reported, not judged.
             k = t["budget_factor"]
-            ours, theirs = row["rel_to_fp32"]["jax"], row["rel_to_fp32"]["torch"]
-            for q, floor in (("loss", 1e-6), ("grad_norm", 1e-5), ("update_norm", 1e-3)):
-                if ours[q] > k * max(theirs[q], floor):
-                    return (f"step {s}: {q} off torch-fp32 by {ours[q]:.2e}, over {k}× torch-bf16's "
-                            f"{theirs[q]:.2e}")
+            ours, theirs = row["rel_to_fp32"]["jax"]["loss"], row["rel_to_fp32"]["torch"]["loss"]
+            if ours > k * max(theirs, 2.0 ** -8):
+                return f"step {s}: loss off torch-fp32 by {ours:.2e}, over {k}× torch-bf16's {theirs:.2e}"
+            g = row.get("grad_rel_to_fp32")
+            if g and g["jax"] > k * g["torch"]:
+                return (f"step {s}: gradient off torch-fp32's by {g['jax']:.2e}, over {k}× torch-bf16's "
+                        f"{g['torch']:.2e}")
             continue
         for q in ("loss", "grad_norm"):
             if row["rel"][q] > t[q]:

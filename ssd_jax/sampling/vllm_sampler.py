@@ -25,7 +25,7 @@ def request_seed(seed: int, request_id: int) -> int:
 class VllmSampler:
     def __init__(self, model_dir: str, *, max_model_len: int = 4096, dtype: str = "auto", tensor_parallel_size: int = 1,
                  enforce_eager: bool | None = None, gpu_memory_utilization: float = 0.90, seed: int = 0,
-                 max_num_seqs: int = 0, enable_expert_parallel: bool = False):
+                 max_num_seqs: int = 0, enable_expert_parallel: bool = False, max_logprobs: int = 0):
         try:
             import vllm
         except ImportError:
@@ -43,6 +43,8 @@ class VllmSampler:
             kw["max_num_seqs"] = max_num_seqs
         if enable_expert_parallel:
             kw["enable_expert_parallel"] = True
+        if max_logprobs:  # log-probabilities of this many tokens per position (`parity --sampler`)
+            kw["max_logprobs"] = max_logprobs
         if not on_cpu:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(**kw)
