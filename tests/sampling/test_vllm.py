@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from ssd_jax import bundled, parity
+from ssd_jax import parity
 from ssd_jax.models import hf
 from ssd_jax.sampling.jax_sampler import JaxSampler, SamplingParams
 from ssd_jax.sampling.truncation import truncated_logprobs
@@ -26,13 +26,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def qwen_tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("vllm")
-    config = transformers.Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                      num_attention_heads=2, num_key_value_heads=1, head_dim=32,
-                                      tie_word_embeddings=True, eos_token_id=151645, pad_token_id=151643,
-                                      max_position_embeddings=512)
-    d = tiny.save_tiny("qwen3_vllm", root / "model", config=config)
-    tok = transformers.AutoTokenizer.from_pretrained(str(bundled.qwen_tokenizer()))
-    tok.save_pretrained(str(d))
+    d = tiny.save_tiny_vllm_model(root / "model")
+    tok = transformers.AutoTokenizer.from_pretrained(str(d))
     prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                        tokenize=True)["input_ids"]
                for q in ["Write a function.", "Read N and print N*N.", "def add(a, b):"]]

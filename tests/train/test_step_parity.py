@@ -9,14 +9,13 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ssd_jax import parity
+from ssd_jax import parity, torch_reference as torch_ref
 from ssd_jax.config import OptimConfig, SFTDataConfig
 from ssd_jax.data import sft
 from ssd_jax.errors import ConfigError
 from ssd_jax.models import hf
 from ssd_jax.train import optim, step as train_step
 from tests.hlo import jaxpr_dots
-from ssd_jax import torch_reference as torch_ref
 
 OPT = OptimConfig(peak_lr=1e-3, floor_lr=1e-4, warmup_steps=5, total_steps=20, clip_norm=1.0)
 
