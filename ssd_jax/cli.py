@@ -32,57 +32,37 @@ def _mesh_arg(text: str | None):
 
 
 def cmd_parity(args) -> int:
-    from ssd_jax import parity
+    """One of three checks, each a module with run_* → report, write_outputs and enforce."""
+    from ssd_jax import parity, sampler_parity, train_parity
 
     if args.train and args.sampler:
         raise UserError("parity: --train and --sampler are two checks; run one at a time")
+    prompts = parity.read_prompts(args.prompts) if args.prompts else None
     if args.train:
-        return _train_parity(args)
-    if args.sampler:
-        return _sampler_parity(args)
-
-    prompts = parity.read_prompts(args.prompts) if args.prompts else None
-    tol = dict(parity.DEFAULT_TOLERANCE[args.dtype]) if args.dtype in parity.DEFAULT_TOLERANCE else None
-    if tol is not None and args.max_abs is not None:
-        tol["max_abs_logit_diff"] = args.max_abs
-    if tol is not None and args.min_top1 is not None:
-        tol["min_top1_agreement"] = args.min_top1
-    report = parity.run_parity(args.hf, dtype=args.dtype, prompts=prompts, padding_side=args.padding,
-                               chat=args.chat, tolerance=tol, mesh=_mesh_arg(args.mesh))
+        check = train_parity
+        optim = train_parity.paper_optim(args.steps)
+        if args.peak_lr is not None:
+            optim = replace(optim, peak_lr=args.peak_lr, floor_lr=min(optim.floor_lr, args.peak_lr))
+        report = train_parity.run_train_parity(args.hf, data=args.data, steps=args.steps, rows=args.rows,
+                                               seq_len=args.seq_len, dtype=args.dtype, optim=optim)
+    elif args.sampler:
+        check = sampler_parity
+        report = sampler_parity.run_sampler_parity(args.hf, prompts=prompts, dtype=args.dtype,
+                                                   temperature=args.temperature, top_k=args.top_k,
+                                                   top_p=args.top_p, max_tokens=args.max_tokens)
+    else:
+        check = parity
+        tol = dict(parity.DEFAULT_TOLERANCE[args.dtype]) if args.dtype in parity.DEFAULT_TOLERANCE else None
+        if tol is not None and args.max_abs is not None:
+            tol["max_abs_logit_diff"] = args.max_abs
+        if tol is not None and args.min_top1 is not None:
+            tol["min_top1_agreement"] = args.min_top1
+        report = parity.run_parity(args.hf, dtype=args.dtype, prompts=prompts, padding_side=args.padding,
+                                   chat=args.chat, tolerance=tol, mesh=_mesh_arg(args.mesh))
     print(report.summary())
     if args.out:
-        parity.write_report(report, args.out)
-        print(f"report: {args.out}")
-    parity.enforce(report)
-    return 0
-
-
-def _train_parity(args) -> int:
-    from ssd_jax import train_parity as tp
-
-    optim = tp.paper_optim(args.steps)
-    if args.peak_lr is not None:
-        optim = replace(optim, peak_lr=args.peak_lr, floor_lr=min(optim.floor_lr, args.peak_lr))
-    report = tp.run_train_parity(args.hf, data=args.data, steps=args.steps, rows=args.rows, seq_len=args.seq_len,
-                                 dtype=args.dtype, optim=optim)
-    print(report.summary())
-    if args.out:
-        print("report: " + ", ".join(tp.write_outputs(report, args.out)))
-    tp.enforce(report)
-    return 0
-
-
-def _sampler_parity(args) -> int:
-    from ssd_jax import parity, sampler_parity as sp
-
-    prompts = parity.read_prompts(args.prompts) if args.prompts else None
-    report = sp.run_sampler_parity(args.hf, prompts=prompts, dtype=args.dtype, temperature=args.temperature,
-                                   top_k=args.top_k, top_p=args.top_p, max_tokens=args.max_tokens)
-    print(report.summary())
-    if args.out:
-        sp.write_report(report, args.out)
-        print(f"report: {args.out}")
-    sp.enforce(report)
+        print("report: " + ", ".join(check.write_outputs(report, args.out)))
+    check.enforce(report)
     return 0
 
 

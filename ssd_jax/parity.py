@@ -364,8 +364,9 @@ def maybe_tokenizer(hf_dir):
     return load_tokenizer(hf_dir)
 
 
-def write_report(report: ParityReport, path: str | os.PathLike) -> None:
+def write_outputs(report: ParityReport, path: str | os.PathLike) -> list[str]:
     atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
+    return [str(path)]
 
 
 def enforce(report: ParityReport) -> None:

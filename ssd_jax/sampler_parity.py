@@ -196,8 +196,9 @@ def run_sampler_parity(model_path: str, *, prompts: list[str] | None = None, dty
     return report
 
 
-def write_report(report: SamplerParityReport, path: str | os.PathLike) -> None:
+def write_outputs(report: SamplerParityReport, path: str | os.PathLike) -> list[str]:
     atomic_write_text(path, json.dumps(asdict(report), indent=2) + "\n")
+    return [str(path)]
 
 
 def enforce(report: SamplerParityReport) -> None:

@@ -93,10 +93,16 @@ def test_moe_routing_agrees_with_transformers_per_layer(tiny_dir, tmp_path):
 
 def test_a_router_with_its_experts_permuted_is_named(tiny_dir, tmp_path, monkeypatch, capsys):
     """A key-map bug that rolls the router's expert columns: every token goes to the wrong experts."""
-    from ssd_jax.models import moe
+    real = hf.load
 
-    real = moe.route
-    monkeypatch.setattr(moe, "route", lambda x2, w, *a: real(x2, jnp.roll(w, 1, axis=1), *a))
+    def rolled(*a, **k):
+        model = real(*a, **k)
+        for stack in model.layers:
+            if hasattr(stack.mlp, "router"):
+                stack.mlp.router[...] = jnp.roll(stack.mlp.router[...], 1, axis=-1)
+        return model
+
+    monkeypatch.setattr(hf, "load", rolled)
     out = tmp_path / "moe.json"
     assert main(["parity", "--hf", str(tiny_dir("qwen3_moe")), "--out", str(out)]) == 1
     assert "diverged at layer 0)" in capsys.readouterr().out
