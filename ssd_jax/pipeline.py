@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ssd_jax import __version__, distributed, memory
+from ssd_jax import __version__, bundled, distributed, memory
 from ssd_jax.config import (AnalysisConfig, DecodeSpec, EvalConfig, FilterConfig, RunConfig, SampleConfig, TrainConfig,
                             dump_yaml)
 from ssd_jax.data.filters import run_filter
@@ -33,6 +33,7 @@ from ssd_jax.eval_run import run_eval
 from ssd_jax.evaluation.metrics import check_ks, pass_at_k_values
 from ssd_jax.evaluation.sandbox import check_isolation
 from ssd_jax.io_utils import atomic_write_text, replace_dir
+from ssd_jax.models import hf
 from ssd_jax.presets import PRESETS
 from ssd_jax.report import write_report
 from ssd_jax.sampling.stage import check_problem_source, run_sample
@@ -290,10 +291,38 @@ def check_run(cfg: RunConfig) -> None:
     if cfg.select.heldout is not None:
         check_problem_source(cfg.select.heldout, "select.heldout")
     local = Path(cfg.model.path)
-    if not cfg.model.path.startswith("bundled:") and (local.exists() or cfg.model.path.count("/") != 1):
+    if not cfg.model.path.startswith("bundled:") and (local.exists() or not bundled.is_hub_id(cfg.model.path)):
         if not (local / "config.json").exists():
             raise UserError(f"model.path {cfg.model.path!r}: not an HF model directory (no config.json there); "
                             f"expected a directory, a hub id (org/name) or bundled:smollm2-135m")
+        check_disk(cfg, local)
+
+
+def check_disk(cfg: RunConfig, model_dir: Path) -> None:
+    """Refuse a run whose training checkpoints and exports cannot fit on its run folder's disk: found at the first
+    checkpoint, hours in, a full disk costs the steps since the last one. Every round keeps its own
+    `keep_checkpoints` (weights + Adam's two moments, at the master dtype) and one export; samples and gradings
+    (far smaller) are not counted."""
+    n = hf.Checkpoint(model_dir).num_params()
+    t = cfg.train
+    master = 4 if cfg.model.param_dtype == "float32" else 2
+    per_checkpoint = 3 * master * n
+    export = (2 if t.export_dtype == "bfloat16" else 4) * n
+    kept = min(t.keep_checkpoints, -(-t.optim.total_steps // max(t.checkpoint_every, 1)) + 1)
+    need = cfg.rounds * (kept * per_checkpoint + export)
+    root = run_root(cfg)
+    have = sum(f.stat().st_size for f in root.rglob("*") if f.is_file()) if root.exists() else 0  # a resumed run
+    disk = next(p for p in (root, *root.absolute().parents) if p.exists())
+    free = shutil.disk_usage(disk).free
+    if need - have > free:
+        raise UserError(f"{root}: the run's checkpoints and exports need about {_size(need)} ({cfg.rounds} round(s) × "
+                        f"({kept} checkpoints × {_size(per_checkpoint)} + an export of {_size(export)})), "
+                        f"{_size(need - have)} more than is there, and {_size(free)} is free on the disk of {disk}; "
+                        f"lower train.keep_checkpoints or put out_dir on a larger disk")
+
+
+def _size(b: float) -> str:
+    return f"{b / 1e9:.1f} GB" if b >= 1e9 else f"{b / 1e6:.1f} MB"
 
 
 def run_root(cfg: RunConfig) -> Path:

@@ -170,6 +170,10 @@ class Checkpoint:
     def keys(self) -> list[str]:
         return list(self.where)
 
+    def num_params(self) -> int:
+        """Elements of every tensor, from the headers alone."""
+        return sum(math.prod(e["shape"]) for f in self.files.values() for e in f.entries.values())
+
     def get(self, key: str) -> np.ndarray:
         return self.files[self.where[key]].get(key)
 

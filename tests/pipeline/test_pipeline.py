@@ -197,6 +197,20 @@ def test_checkpoint_selection_needs_the_checkpoints_kept(setup, cli):
     assert code == 2 and "keep_checkpoints" in err
 
 
+def test_a_run_whose_checkpoints_cannot_fit_on_the_disk_is_refused_before_any_stage(setup, capsys):
+    """A million checkpoints kept of the tiny model need more than any disk here holds: refused at once, naming the
+    sizes and what to change (the disk's real free space, read from the OS)."""
+    root, cfg = setup
+    out = root / "disk"
+    t0 = time.monotonic()
+    assert main(["run", "--config", str(cfg), "--set", f"out_dir={out}", "--set", "train.optim.total_steps=1000000",
+                 "--set", "train.keep_checkpoints=1000000"]) == 2
+    err = capsys.readouterr().err
+    assert time.monotonic() - t0 < 10 and not (out / "manifest.json").exists()
+    assert f"{out}: the run's checkpoints and exports need about" in err and "1000000 checkpoints" in err
+    assert "lower train.keep_checkpoints or put out_dir on a larger disk" in err
+
+
 def test_a_missing_dataset_is_refused_before_any_stage(setup, capsys):
     root, cfg = setup
     out = root / "missing"
