@@ -107,3 +107,17 @@ def test_a_router_with_its_experts_permuted_is_named(tiny_dir, tmp_path, monkeyp
     assert main(["parity", "--hf", str(tiny_dir("qwen3_moe")), "--out", str(out)]) == 1
     assert "diverged at layer 0)" in capsys.readouterr().out
     assert json.loads(out.read_text())["routers"][0]["topk_agreement"] < 0.5
+
+
+@pytest.mark.slow
+def test_smollm2_steps_in_step_with_torch(tmp_path):
+    """The real SmolLM2-135M on its own greedy answers at the paper's learning rate (the measured 10 × 4 × 512 run
+    is in benchmarks/RESULTS.md; this is its short form)."""
+    out = tmp_path / "smol.json"
+    assert main(["parity", "--hf", "bundled:smollm2-135m", "--train", "--steps", "3", "--rows", "2", "--seq-len",
+                 "256", "--out", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["data"] == "8 built-in prompts with the model's greedy answers"
+    assert max(s["rel"]["loss"] for s in r["per_step"]) <= 1e-5
+    assert max(s["rel"]["grad_norm"] for s in r["per_step"]) <= 1e-4
+    assert r["per_step"][-1]["jax"]["update_norm"] > 0
