@@ -696,6 +696,9 @@ def relative_to_file(cls, data: dict, path: str | os.PathLike) -> dict:
 
 
 def dump_yaml(cfg, path: str | os.PathLike) -> None:
+    """`cfg` as a YAML file that loads back the same from anywhere: relative input paths (typed with --set, or
+    derived from a relative out_dir) are written absolute, against the working directory they meant."""
     from ssd_jax.io_utils import atomic_write_text
 
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    data = relative_to_file(type(cfg), to_dict(cfg), Path.cwd() / "config.yaml")
+    atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))

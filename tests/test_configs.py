@@ -188,3 +188,26 @@ def test_a_bad_set_value_is_blamed_on_set_not_the_file(tmp_path):
     f.write_text("train: {optim: {peak_lr: abc}}\n")  # the file's own fault stays the file's
     with pytest.raises(ConfigError, match=rf"^{f}\.train\.optim\.peak_lr: expected a number"):
         load_config(RunConfig, f, ["train.optim.b1=0.9"])
+
+
+def test_a_dumped_config_loads_back_the_same_from_its_own_folder(tmp_path, monkeypatch):
+    """The stage YAMLs `ssd-jax run` writes beside its outputs (and each run's config.yaml) are read back by child
+    processes: a relative path from --set or from a relative out_dir must still mean the working directory's."""
+    from ssd_jax.config import dump_yaml
+    from ssd_jax.pipeline import round_configs
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models/m").mkdir(parents=True)  # a local folder (an org/name without one is a hub id, kept)
+    cfg = load_config(RunConfig, None, ["out_dir=runs/x", "sample.problems.path=data/pool.jsonl",
+                                        "model.path=models/m", "eval.problems.path=/abs/lcb"])
+    rc = round_configs(cfg, Path(cfg.out_dir), 1, cfg.model.path)
+    assert rc.train.data.train_file == "runs/x/round-1/filtered.jsonl"  # relative, as derived
+    (tmp_path / "runs/x/round-1").mkdir(parents=True)
+    dump_yaml(rc.train, tmp_path / "runs/x/round-1/train.yaml")
+    dump_yaml(cfg, tmp_path / "runs/x/config.yaml")
+    back = load_config(TrainConfig, tmp_path / "runs/x/round-1/train.yaml")
+    assert back.data.train_file == str(tmp_path / "runs/x/round-1/filtered.jsonl")
+    assert back.model.path == str(tmp_path / "models/m")
+    run = load_config(RunConfig, tmp_path / "runs/x/config.yaml")
+    assert (run.sample.problems.path, run.eval.problems.path) == (str(tmp_path / "data/pool.jsonl"), "/abs/lcb")
+    assert run.out_dir == "runs/x"  # an output: still the working directory's
