@@ -167,7 +167,7 @@ def test_export_command_for_an_intermediate_step(reference_run, tmp_path, capsys
 def test_bad_config_key_and_values(setup, tmp_path, cli):
     _, cfg = setup
     code, err = cli(["train", "--config", str(cfg), "--set", "optim.peak_learning_rate=1"])
-    assert code == 2 and "optim: unknown key 'peak_learning_rate'" in err and str(cfg) in err
+    assert code == 2 and "--set optim: unknown key 'peak_learning_rate'" in err  # the --set value's fault
     code, err = cli(["train", "--config", str(cfg), "--set", "data.too_long=explode"])
     assert code == 2 and "data.too_long: 'explode' is not one of 'truncate' | 'drop'" in err
     code, err = cli(["train", "--config", str(cfg), "--set", "global_batch=3"])
