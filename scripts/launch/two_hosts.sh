@@ -2,11 +2,10 @@
 # Two hosts without a scheduler: the same command on each, from the same checkout on a shared filesystem.
 #   host A:  bash scripts/launch/two_hosts.sh 0 ssd-jax run --config configs/qwen3-4b-instruct-2507.yaml
 #   host B:  bash scripts/launch/two_hosts.sh 1 ssd-jax run --config configs/qwen3-4b-instruct-2507.yaml
-# Set SSD_JAX_COORDINATOR (or edit the default) to host A's address as host B reaches it, with a port free on host A
-# (and the next one: `ssd-jax run` coordinates its stage processes there).
+# Both need SSD_JAX_COORDINATOR=<host A's address as host B reaches it>:<port>, the port free on host A (and the next
+# one: `ssd-jax run` coordinates its stage processes there).
 set -euo pipefail
 [ $# -ge 2 ] && [[ "$1" =~ ^[01]$ ]] || { echo "usage: two_hosts.sh 0|1 ssd-jax <command> [args…]" >&2; exit 2; }
 rank="$1"
 shift
-SSD_JAX_COORDINATOR="${SSD_JAX_COORDINATOR:-10.0.0.1:12355}" JAX_NUM_PROCESSES=2 JAX_PROCESS_ID="$rank" \
-  exec bash "$(dirname "$0")/process.sh" "$@"
+JAX_NUM_PROCESSES=2 JAX_PROCESS_ID="$rank" exec bash "$(dirname "$0")/process.sh" "$@"
