@@ -1,6 +1,5 @@
 """The JAX SFT step against the PyTorch reference (fp32): one step's loss and gradients, a 20-step trajectory."""
 
-import math
 from dataclasses import replace
 
 import jax
@@ -56,35 +55,13 @@ def test_schedule_formula():
     assert optim.lr_at(OPT, 20) == pytest.approx(OPT.floor_lr)
 
 
-class _MegatronScheduler:
-    """Megatron-LM's OptimizerParamScheduler as it behaves (linear warm-up from init_lr 0, then cosine), written
-    from its documented semantics: the constructor applies step(0), the trainer calls step(1) after each update."""
-
-    def __init__(self, cfg):
-        self.cfg, self.num_steps = cfg, 0
-        self.lr = self._lr()
-
-    def _lr(self):
-        c, n = self.cfg, self.num_steps
-        if c.warmup_steps > 0 and n <= c.warmup_steps:
-            return c.peak_lr * n / c.warmup_steps
-        if n > c.total_steps:
-            return c.floor_lr
-        ratio = (n - c.warmup_steps) / (c.total_steps - c.warmup_steps)
-        return c.floor_lr + 0.5 * (math.cos(math.pi * ratio) + 1.0) * (c.peak_lr - c.floor_lr)
-
-    def step(self, increment=1):
-        self.num_steps += increment
-        self.lr = self._lr()
-
-
 def test_megatron_warmup_matches_megatrons_scheduler():
     cfg = replace(OPT, warmup="megatron")
-    sched, ref = optim.lr_schedule(cfg), _MegatronScheduler(cfg)
-    for step in range(cfg.total_steps + 3):  # `step` updates applied; update step+1 runs at ref.lr
-        assert optim.lr_at(cfg, step) == pytest.approx(ref.lr, rel=1e-12, abs=1e-18)
-        assert abs(float(sched(step)) - ref.lr) <= 1e-12 + 1e-6 * ref.lr
-        ref.step(1)
+    sched = optim.lr_schedule(cfg)
+    for step in range(cfg.total_steps + 3):  # `step` updates applied; Megatron's scheduler, as parity --train uses it
+        ref = torch_ref.reference_lr(cfg, step)
+        assert optim.lr_at(cfg, step) == pytest.approx(ref, rel=1e-12, abs=1e-18)
+        assert abs(float(sched(step)) - ref) <= 1e-12 + 1e-6 * ref
     assert optim.lr_at(cfg, 0) == 0.0  # update 1 does not move the weights
     assert optim.lr_at(cfg, 1) == pytest.approx(OPT.peak_lr / 5) == optim.lr_at(OPT, 0)  # linear is one ahead
     with pytest.raises(ConfigError, match="optim.warmup='cosine': expected linear or megatron"):
