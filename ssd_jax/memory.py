@@ -23,6 +23,7 @@ from typing import Iterator
 
 GB = 1e9
 MEM_FRACTION_ENV = "XLA_PYTHON_CLIENT_MEM_FRACTION"
+_SET_HERE: list[str] = []  # the value this process set for itself: not a launcher's, so its children do not inherit it
 
 
 def reserve_device_memory(fraction: float) -> dict:
@@ -34,6 +35,7 @@ def reserve_device_memory(fraction: float) -> dict:
     started = xla_bridge.backends_are_initialized()
     if not started and MEM_FRACTION_ENV not in os.environ:
         os.environ[MEM_FRACTION_ENV] = f"{fraction:g}"
+        _SET_HERE.append(os.environ[MEM_FRACTION_ENV])
     return {"hbm_fraction": os.environ.get(MEM_FRACTION_ENV), "set_before_backend": not started}
 
 
@@ -173,6 +175,9 @@ def run_child(argv: list[str], poll_s: float = 0.05, env: dict | None = None) ->
     import subprocess
 
     t0 = time.perf_counter()
+    env = dict(os.environ if env is None else env)
+    if _SET_HERE and env.get(MEM_FRACTION_ENV) == _SET_HERE[-1]:
+        del env[MEM_FRACTION_ENV]  # each child stage takes its own config's share
     proc = subprocess.Popen(argv, env=env)
     peak = 0
     while True:
